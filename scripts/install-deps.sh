@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The one list of Debian packages hadm needs to build, test and run.
+# Idempotent: skips apt entirely when everything is already installed.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake pkg-config
+  libdnnl-dev                 # oneDNN: matmul and convolution on the CPU
+  libcjson-dev                # JSON: model config, API bodies
+  libjpeg62-turbo-dev         # JPEG decode (libjpeg-turbo, PIL-identical pixels)
+  libspng-dev zlib1g-dev      # PNG decode
+  libwebp-dev                 # WebP decode
+  libexif-dev                 # EXIF orientation
+  libmicrohttpd-dev           # HTTP server
+  curl                        # server integration tests
+  python3                     # test helpers (no third-party modules)
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,173 @@
+/* Simple feature pyramid (spec MODEL.md section 3): four parallel branches
+ * from the last ViT map (no top-down path) plus p6 = p5 subsampled.
+ * All maps are NHWC, so every "LN" is a LayerNorm over contiguous channels. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "util/err.h"
+
+enum { BUF_UP, BUF_MAP_A, BUF_MAP_B, BUF_CONV };
+
+hadm_status fpn_alloc(const hadm_config *cfg, fpn_maps *maps, hadm_error *err)
+{
+    memset(maps, 0, sizeof *maps);
+    int G = cfg->img_size / cfg->patch;
+    int side[5] = {4 * G, 2 * G, G, G / 2, (G / 2 + 1) / 2};
+    maps->n = 5;
+    maps->C = cfg->fpn_channels;
+    for (int l = 0; l < 5; l++) {
+        maps->h[l] = maps->w[l] = side[l];
+        maps->stride[l] = cfg->anchor_strides[l];
+        maps->map[l] = malloc((size_t)side[l] * side[l] * maps->C * sizeof(float));
+        if (!maps->map[l]) {
+            fpn_free(maps);
+            return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (feature pyramid)");
+        }
+    }
+    return HADM_OK;
+}
+
+void fpn_free(fpn_maps *maps)
+{
+    for (int l = 0; l < CFG_MAX_LEVELS; l++) {
+        free(maps->map[l]);
+        maps->map[l] = NULL;
+    }
+}
+
+/* ConvTranspose k2 s2 (non-overlapping): one matmul against the weight viewed
+ * as [Cin][Cout*4], then each output column (o, dy, dx) goes to pixel
+ * (2y+dy, 2x+dx). */
+static hadm_status conv_transpose2x2(ops_ctx *c, const float *x, int H, int W, int Cin,
+                                     const linear_w *l, int Cout, float *y, hadm_error *err)
+{
+    float *tmp = ops_scratch(c, BUF_UP, (size_t)H * W * Cout * 4);
+    if (!tmp)
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+    ops_gemm g = {.M = H * W, .N = Cout * 4, .K = Cin, .A = x, .lda = Cin, .B = l->w,
+                  .ldb = Cout * 4, .trans_b = 0, .C = tmp, .ldc = Cout * 4};
+    hadm_status s = ops_matmul(c, &g, err);
+    if (s)
+        return s;
+    int W2 = 2 * W;
+#pragma omp parallel for schedule(static)
+    for (int p = 0; p < H * W; p++) {
+        int yy = p / W, xx = p % W;
+        const float *src = tmp + (size_t)p * Cout * 4;
+        for (int d = 0; d < 4; d++) {
+            float *dst = y + ((size_t)(2 * yy + d / 2) * W2 + 2 * xx + d % 2) * Cout;
+            for (int o = 0; o < Cout; o++)
+                dst[o] = src[o * 4 + d] + l->b[o];
+        }
+    }
+    return HADM_OK;
+}
+
+/* 1x1 conv + LN2d, then 3x3 conv + LN2d: the tail shared by all branches. */
+static hadm_status lateral_output(ops_ctx *c, const hadm_config *cfg, const float *x, int H, int W,
+                                  int Cin, const conv_ln_w *lat, const conv_ln_w *out, float *dst,
+                                  hadm_error *err)
+{
+    int F = cfg->fpn_channels;
+    int64_t P = (int64_t)H * W;
+    float *mid = ops_scratch(c, BUF_CONV, (size_t)P * F);
+    if (!mid)
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+    ops_gemm g = {.M = (int)P, .N = F, .K = Cin, .A = x, .lda = Cin, .B = lat->w, .ldb = Cin,
+                  .trans_b = 1, .C = mid, .ldc = F};
+    hadm_status s = ops_matmul(c, &g, err);
+    if (s)
+        return s;
+    ops_layernorm(c, P, F, mid, F, lat->g, lat->b, cfg->fpn_eps, mid, F);
+    ops_conv conv = {.N = 1, .H = H, .W = W, .Cin = F, .Cout = F, .kh = 3, .kw = 3, .stride = 1,
+                     .pad = 1, .x = mid, .w = out->w, .y = dst};
+    if ((s = ops_conv2d(c, &conv, err)))
+        return s;
+    ops_layernorm(c, P, F, dst, F, out->g, out->b, cfg->fpn_eps, dst, F);
+    return HADM_OK;
+}
+
+static hadm_status branch_p2(const struct hadm_model *m, ops_ctx *c, const float *x, float *dst,
+                             hadm_error *err)
+{
+    const hadm_config *cfg = &m->cfg;
+    int G = cfg->img_size / cfg->patch, D = cfg->embed_dim;
+    float *a = ops_scratch(c, BUF_MAP_A, (size_t)4 * G * G * D / 2);
+    float *b = ops_scratch(c, BUF_MAP_B, (size_t)16 * G * G * D / 4);
+    if (!a || !b)
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+    hadm_status s = conv_transpose2x2(c, x, G, G, D, &m->w.p2_up0, D / 2, a, err);
+    if (s)
+        return s;
+    ops_layernorm(c, (int64_t)4 * G * G, D / 2, a, D / 2, m->w.p2_ln_g, m->w.p2_ln_b, cfg->fpn_eps, a, D / 2);
+    ops_gelu_erf(c, a, (int64_t)4 * G * G * D / 2);
+    if ((s = conv_transpose2x2(c, a, 2 * G, 2 * G, D / 2, &m->w.p2_up1, D / 4, b, err)))
+        return s;
+    return lateral_output(c, cfg, b, 4 * G, 4 * G, D / 4, &m->w.p2_lat, &m->w.p2_out, dst, err);
+}
+
+static hadm_status branch_p3(const struct hadm_model *m, ops_ctx *c, const float *x, float *dst,
+                             hadm_error *err)
+{
+    const hadm_config *cfg = &m->cfg;
+    int G = cfg->img_size / cfg->patch, D = cfg->embed_dim;
+    float *a = ops_scratch(c, BUF_MAP_A, (size_t)4 * G * G * D / 2);
+    if (!a)
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+    hadm_status s = conv_transpose2x2(c, x, G, G, D, &m->w.p3_up0, D / 2, a, err);
+    if (s)
+        return s;
+    return lateral_output(c, cfg, a, 2 * G, 2 * G, D / 2, &m->w.p3_lat, &m->w.p3_out, dst, err);
+}
+
+static hadm_status branch_p5(const struct hadm_model *m, ops_ctx *c, const float *x, float *dst,
+                             hadm_error *err)
+{
+    const hadm_config *cfg = &m->cfg;
+    int G = cfg->img_size / cfg->patch, D = cfg->embed_dim, H = G / 2;
+    float *a = ops_scratch(c, BUF_MAP_A, (size_t)H * H * D);
+    if (!a)
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+    for (int y = 0; y < H; y++)
+        for (int xx = 0; xx < H; xx++) {
+            const float *p00 = x + ((size_t)(2 * y) * G + 2 * xx) * D, *p01 = p00 + D;
+            const float *p10 = p00 + (size_t)G * D, *p11 = p10 + D;
+            float *o = a + ((size_t)y * H + xx) * D;
+            for (int d = 0; d < D; d++) {
+                float m0 = p00[d] > p01[d] ? p00[d] : p01[d], m1 = p10[d] > p11[d] ? p10[d] : p11[d];
+                o[d] = m0 > m1 ? m0 : m1;
+            }
+        }
+    return lateral_output(c, cfg, a, H, H, D, &m->w.p5_lat, &m->w.p5_out, dst, err);
+}
+
+static void subsample2(const float *src, int H, int W, int C, float *dst, int Ho, int Wo)
+{
+    for (int y = 0; y < Ho; y++)
+        for (int x = 0; x < Wo; x++)
+            memcpy(dst + ((size_t)y * Wo + x) * C, src + ((size_t)(2 * y) * W + 2 * x) * C,
+                   (size_t)C * sizeof *dst);
+    (void)H;
+}
+
+hadm_status fpn_forward(const struct hadm_model *m, ops_ctx *c, const float *tokens, fpn_maps *maps,
+                        const engine_trace *t, hadm_error *err)
+{
+    const hadm_config *cfg = &m->cfg;
+    int G = cfg->img_size / cfg->patch;
+    hadm_status s;
+    if ((s = branch_p2(m, c, tokens, maps->map[0], err)) ||
+        (s = branch_p3(m, c, tokens, maps->map[1], err)) ||
+        (s = lateral_output(c, cfg, tokens, G, G, cfg->embed_dim, &m->w.p4_lat, &m->w.p4_out,
+                            maps->map[2], err)) ||
+        (s = branch_p5(m, c, tokens, maps->map[3], err)))
+        return s;
+    subsample2(maps->map[3], maps->h[3], maps->w[3], maps->C, maps->map[4], maps->h[4], maps->w[4]);
+    static const char *names[5] = {"fpn.p2", "fpn.p3", "fpn.p4", "fpn.p5", "fpn.p6"};
+    for (int l = 0; l < 5; l++) {
+        int64_t shape[4] = {1, maps->C, maps->h[l], maps->w[l]};
+        trace_f32(t, names[l], TRACE_NHWC_OF_NCHW, maps->map[l], 4, shape);
+    }
+    return HADM_OK;
+}

@@ -1,0 +1,75 @@
+/* The loaded model: config, weights (pointers into the mapped file, plus the
+ * few tables computed at load), and a pool of execution contexts. */
+#ifndef HADM_ENGINE_MODEL_H
+#define HADM_ENGINE_MODEL_H
+
+#include <pthread.h>
+
+#include "engine/config.h"
+#include "io/safetensors.h"
+#include "ops/ops.h"
+
+typedef struct { const float *w, *b; } linear_w;              /* Linear/conv + bias (b may be NULL) */
+typedef struct { const float *w, *g, *b; } conv_ln_w;         /* conv without bias + LN2d(g, b) */
+
+typedef struct {
+    const float *norm1_g, *norm1_b;
+    const float *q_w, *k_w, *v_w, *q_bias, *v_bias;
+    linear_w proj;
+    const float *norm2_g, *norm2_b;
+    linear_w w1, w2;
+    const float *ffn_ln_g, *ffn_ln_b;
+    linear_w w3;
+} vit_block_w;
+
+typedef struct {
+    /* ViT */
+    linear_w patch;                   /* [D][3][P][P] */
+    float *pos_embed;                 /* [G*G][D], interpolated at load (owned) */
+    float *rope_win_cos, *rope_win_sin; /* [WS*WS][HD] (owned) */
+    float *rope_glb_cos, *rope_glb_sin; /* [G*G][HD]   (owned) */
+    vit_block_w blocks[CFG_MAX_BLOCKS];
+    /* pyramid, branch by branch (spec MODEL.md section 3) */
+    linear_w p2_up0;                  /* ConvT D -> D/2 */
+    const float *p2_ln_g, *p2_ln_b;   /* LN2d(D/2) */
+    linear_w p2_up1;                  /* ConvT D/2 -> D/4 */
+    conv_ln_w p2_lat, p2_out;         /* 1x1, 3x3 */
+    linear_w p3_up0;
+    conv_ln_w p3_lat, p3_out;
+    conv_ln_w p4_lat, p4_out;
+    conv_ln_w p5_lat, p5_out;
+    /* RPN */
+    linear_w rpn_conv[CFG_MAX_CONVS];
+    linear_w rpn_obj, rpn_delta;
+    /* cascade */
+    struct {
+        conv_ln_w conv[CFG_MAX_CONVS];
+        linear_w fc[CFG_MAX_CONVS];
+        linear_w cls, bbox;
+    } stage[CFG_MAX_STAGES];
+} hadm_weights;
+
+typedef struct ctx_slot {
+    ops_ctx *ops;
+    struct ctx_slot *next;
+} ctx_slot;
+
+struct hadm_model {
+    hadm_config cfg;
+    st_file *file;
+    hadm_weights w;
+    int threads;
+    int64_t params;
+    pthread_mutex_t pool_lock;
+    ctx_slot *free_ctx;
+};
+
+/* Looks up a tensor, checks dtype F32 and the exact shape (ndim values follow). */
+hadm_status model_tensor(const struct hadm_model *m, const char *name, const float **out,
+                         hadm_error *err, int ndim, ...);
+
+/* Borrow / return an execution context (thread-safe). */
+hadm_status model_ctx_acquire(struct hadm_model *m, ops_ctx **out, hadm_error *err);
+void model_ctx_release(struct hadm_model *m, ops_ctx *c);
+
+#endif

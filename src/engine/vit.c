@@ -1,0 +1,164 @@
+/* EVA-02 ViT backbone (spec MODEL.md section 2), read top to bottom:
+ * patch embed -> + pos embed -> L x (attention block, SwiGLU block).
+ * Tokens are [G*G][D] row-major (token ty*G + tx). */
+#include <stdio.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "util/err.h"
+
+enum { BUF_NORM, BUF_Q, BUF_K, BUF_V, BUF_ATTN, BUF_HID_A, BUF_HID_B };
+
+typedef struct {
+    const struct hadm_model *m;
+    ops_ctx *c;
+    int G, D, F, T;
+    hadm_error *err;
+} vit_run;
+
+static hadm_status linear(vit_run *r, int rows, const float *x, int ldx, const linear_w *l,
+                          const float *w, int out, int in, float *y, int ldy, int accumulate)
+{
+    ops_gemm g = {.M = rows, .N = out, .K = in, .A = x, .lda = ldx, .B = w ? w : l->w, .ldb = in,
+                  .trans_b = 1, .bias = l ? l->b : NULL, .C = y, .ldc = ldy, .accumulate = accumulate};
+    return ops_matmul(r->c, &g, r->err);
+}
+
+/* Non-overlapping P x P patches of the CHW input, flattened (c, ky, kx) to
+ * match the conv weight [D][3][P][P], then one matmul. */
+static hadm_status patch_embed(vit_run *r, const float *chw, float *tokens)
+{
+    const hadm_config *cfg = &r->m->cfg;
+    int P = cfg->patch, S = cfg->img_size, K = cfg->in_chans * P * P;
+    float *cols = ops_scratch(r->c, BUF_HID_A, (size_t)r->T * K);
+    if (!cols)
+        return hadm_fail(r->err, HADM_ERR_NOMEM, "out of memory");
+    for (int t = 0; t < r->T; t++) {
+        int ty = t / r->G, tx = t % r->G;
+        float *row = cols + (size_t)t * K;
+        for (int ch = 0; ch < cfg->in_chans; ch++)
+            for (int ky = 0; ky < P; ky++)
+                memcpy(row + (ch * P + ky) * P, chw + ((size_t)ch * S + ty * P + ky) * S + tx * P,
+                       (size_t)P * sizeof *row);
+    }
+    return linear(r, r->T, cols, K, &r->m->w.patch, NULL, r->D, K, tokens, r->D, 0);
+}
+
+/* Copies normed tokens into window order (zero-padding the grid to a
+ * multiple of the window), or back while adding into the residual. */
+static void window_partition(const float *x, float *win, int G, int D, int WS, int nw_side)
+{
+    int Gp = nw_side * WS;
+    for (int wy = 0; wy < nw_side; wy++)
+        for (int wx = 0; wx < nw_side; wx++)
+            for (int iy = 0; iy < WS; iy++)
+                for (int ix = 0; ix < WS; ix++) {
+                    int y = wy * WS + iy, xx = wx * WS + ix;
+                    float *dst = win + ((((size_t)wy * nw_side + wx) * WS + iy) * WS + ix) * D;
+                    if (y < G && xx < G)
+                        memcpy(dst, x + ((size_t)y * G + xx) * D, (size_t)D * sizeof *dst);
+                    else
+                        memset(dst, 0, (size_t)D * sizeof *dst);
+                }
+    (void)Gp;
+}
+
+static void window_unpartition_add(const float *win, float *x, int G, int D, int WS, int nw_side)
+{
+    for (int y = 0; y < G; y++)
+        for (int xx = 0; xx < G; xx++) {
+            int wy = y / WS, wx = xx / WS, iy = y % WS, ix = xx % WS;
+            const float *src = win + ((((size_t)wy * nw_side + wx) * WS + iy) * WS + ix) * D;
+            float *dst = x + ((size_t)y * G + xx) * D;
+            for (int d = 0; d < D; d++)
+                dst[d] += src[d];
+        }
+}
+
+/* x += proj(Attention(norm1(x))), window or global (spec 2.4-2.6). */
+static hadm_status attention_block(vit_run *r, const vit_block_w *b, int global, float *x)
+{
+    const hadm_config *cfg = &r->m->cfg;
+    const hadm_weights *w = &r->m->w;
+    int D = r->D, WS = cfg->window_size;
+    int nw_side = global ? 1 : (r->G + WS - 1) / WS;
+    int unit = global ? r->T : WS * WS, units = global ? 1 : nw_side * nw_side;
+    int rows = unit * units;
+    float *h = ops_scratch(r->c, BUF_NORM, (size_t)rows * D), *q = ops_scratch(r->c, BUF_Q, (size_t)rows * D);
+    float *k = ops_scratch(r->c, BUF_K, (size_t)rows * D), *v = ops_scratch(r->c, BUF_V, (size_t)rows * D);
+    float *o = ops_scratch(r->c, BUF_ATTN, (size_t)rows * D);
+    if (!h || !q || !k || !v || !o)
+        return hadm_fail(r->err, HADM_ERR_NOMEM, "out of memory");
+    float *normed = global ? h : o;   /* window blocks norm into o, then partition into h */
+    ops_layernorm(r->c, r->T, D, x, D, b->norm1_g, b->norm1_b, cfg->ln_eps, normed, D);
+    if (!global)
+        window_partition(normed, h, r->G, D, WS, nw_side);
+    linear_w qb = {b->q_w, b->q_bias}, vb = {b->v_w, b->v_bias}, kb = {b->k_w, NULL};
+    hadm_status s;
+    if ((s = linear(r, rows, h, D, &qb, NULL, D, D, q, D, 0)) ||
+        (s = linear(r, rows, h, D, &kb, NULL, D, D, k, D, 0)) ||
+        (s = linear(r, rows, h, D, &vb, NULL, D, D, v, D, 0)))
+        return s;
+    const float *rc = global ? w->rope_glb_cos : w->rope_win_cos;
+    const float *rs = global ? w->rope_glb_sin : w->rope_win_sin;
+    ops_rope(r->c, rows, cfg->num_heads, cfg->head_dim, q, D, rc, rs, unit);
+    ops_rope(r->c, rows, cfg->num_heads, cfg->head_dim, k, D, rc, rs, unit);
+    for (int u = 0; u < units; u++) {
+        size_t off = (size_t)u * unit * D;
+        if ((s = ops_attention(r->c, unit, cfg->num_heads, cfg->head_dim, cfg->attn_scale, q + off,
+                               k + off, v + off, D, o + off, D, r->err)))
+            return s;
+    }
+    if (global)
+        return linear(r, rows, o, D, &b->proj, NULL, D, D, x, D, 1);
+    if ((s = linear(r, rows, o, D, &b->proj, NULL, D, D, h, D, 0)))
+        return s;
+    window_unpartition_add(h, x, r->G, D, WS, nw_side);
+    return HADM_OK;
+}
+
+/* x += w3(LN_F(silu(w1 n) * (w2 n))), n = norm2(x) (spec 2.7). */
+static hadm_status mlp_block(vit_run *r, const vit_block_w *b, float *x)
+{
+    const hadm_config *cfg = &r->m->cfg;
+    int D = r->D, F = r->F, T = r->T;
+    float *n = ops_scratch(r->c, BUF_NORM, (size_t)T * D);
+    float *a = ops_scratch(r->c, BUF_HID_A, (size_t)T * F), *g = ops_scratch(r->c, BUF_HID_B, (size_t)T * F);
+    if (!n || !a || !g)
+        return hadm_fail(r->err, HADM_ERR_NOMEM, "out of memory");
+    ops_layernorm(r->c, T, D, x, D, b->norm2_g, b->norm2_b, cfg->ln_eps, n, D);
+    hadm_status s;
+    if ((s = linear(r, T, n, D, &b->w1, NULL, F, D, a, F, 0)) ||
+        (s = linear(r, T, n, D, &b->w2, NULL, F, D, g, F, 0)))
+        return s;
+    ops_silu_mul(r->c, T, F, a, F, g, F);
+    ops_layernorm(r->c, T, F, a, F, b->ffn_ln_g, b->ffn_ln_b, cfg->ln_eps, a, F);
+    return linear(r, T, a, F, &b->w3, NULL, D, F, x, D, 1);
+}
+
+hadm_status vit_forward(const struct hadm_model *m, ops_ctx *c, const float *chw, float *tokens,
+                        const engine_trace *t, hadm_error *err)
+{
+    const hadm_config *cfg = &m->cfg;
+    vit_run r = {m, c, cfg->img_size / cfg->patch, cfg->embed_dim, cfg->mlp_hidden, 0, err};
+    r.T = r.G * r.G;
+    int64_t shape[4] = {1, r.G, r.G, r.D};
+    hadm_status s = patch_embed(&r, chw, tokens);
+    if (s)
+        return s;
+    trace_f32(t, "vit.patch_embed", TRACE_SAME, tokens, 4, shape);
+    if (cfg->use_abs_pos) {
+        trace_f32(t, "vit.pos_embed_resized", TRACE_SAME, m->w.pos_embed, 4, shape);
+        ops_add(c, tokens, m->w.pos_embed, (int64_t)r.T * r.D);
+    }
+    trace_f32(t, "vit.tokens_in", TRACE_SAME, tokens, 4, shape);
+    for (int i = 0; i < cfg->depth; i++) {
+        if ((s = attention_block(&r, &m->w.blocks[i], cfg->is_global[i], tokens)) ||
+            (s = mlp_block(&r, &m->w.blocks[i], tokens)))
+            return s;
+        char name[48];
+        snprintf(name, sizeof name, "vit.block%d.out", i);
+        trace_f32(t, name, TRACE_SAME, tokens, 4, shape);
+    }
+    return HADM_OK;
+}

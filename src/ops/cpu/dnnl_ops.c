@@ -1,0 +1,349 @@
+/* Dense ops on the CPU through oneDNN: matmul (plain and batched) and 2-D
+ * convolution. Primitives are cached per context, keyed by everything that
+ * shapes them, because creating a primitive descriptor costs far more than a
+ * small matmul. Scratchpads are user-managed so that contexts used by
+ * different threads never share oneDNN's internal scratch memory. */
+#include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops/cpu/cpu.h"
+#include "util/err.h"
+
+#define CACHE_SLOTS 96
+#define KEY_WORDS 24
+
+typedef struct {
+    int64_t key[KEY_WORDS];
+    int used;
+    uint64_t last_use;
+    dnnl_primitive_t prim;
+    dnnl_primitive_desc_t pd;
+    size_t scratch_bytes;
+    void *packed_w;   /* conv weights reordered to the primitive's layout (owned) */
+} cache_entry;
+
+struct ops_ctx {
+    int threads;
+    double flops;
+    dnnl_engine_t eng;
+    dnnl_stream_t stream;
+    cache_entry cache[CACHE_SLOTS];
+    uint64_t clock;
+    void *scratch;
+    size_t scratch_cap;
+    float *slot[OPS_SCRATCH_SLOTS];
+    size_t slot_cap[OPS_SCRATCH_SLOTS];
+};
+
+#define DNNL_TRY(call, what)                                                        \
+    do {                                                                            \
+        dnnl_status_t st_ = (call);                                                 \
+        if (st_ != dnnl_success) {                                                  \
+            s = hadm_fail(err, st_ == dnnl_out_of_memory ? HADM_ERR_NOMEM : HADM_ERR_INTERNAL, \
+                          "oneDNN %s failed (status %d)", what, (int)st_);          \
+            goto fail;                                                              \
+        }                                                                           \
+    } while (0)
+
+hadm_status ops_ctx_new(int threads, ops_ctx **out, hadm_error *err)
+{
+    *out = NULL;
+    ops_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+    c->threads = threads > 0 ? threads : omp_get_num_procs();
+    hadm_status s = HADM_OK;
+    DNNL_TRY(dnnl_engine_create(&c->eng, dnnl_cpu, 0), "engine");
+    DNNL_TRY(dnnl_stream_create(&c->stream, c->eng, dnnl_stream_default_flags), "stream");
+    *out = c;
+    return HADM_OK;
+fail:
+    ops_ctx_free(c);
+    return s;
+}
+
+static void entry_clear(cache_entry *e)
+{
+    if (e->prim)
+        dnnl_primitive_destroy(e->prim);
+    if (e->pd)
+        dnnl_primitive_desc_destroy(e->pd);
+    free(e->packed_w);
+    memset(e, 0, sizeof *e);
+}
+
+void ops_ctx_free(ops_ctx *c)
+{
+    if (!c)
+        return;
+    for (int i = 0; i < CACHE_SLOTS; i++)
+        entry_clear(&c->cache[i]);
+    for (int i = 0; i < OPS_SCRATCH_SLOTS; i++)
+        free(c->slot[i]);
+    free(c->scratch);
+    if (c->stream)
+        dnnl_stream_destroy(c->stream);
+    if (c->eng)
+        dnnl_engine_destroy(c->eng);
+    free(c);
+}
+
+int ops_ctx_threads(const ops_ctx *c) { return c->threads; }
+double ops_ctx_flops(const ops_ctx *c) { return c->flops; }
+void ops_ctx_reset_flops(ops_ctx *c) { c->flops = 0; }
+void ops_ctx_enter(ops_ctx *c) { omp_set_num_threads(c->threads); }
+
+float *ops_scratch(ops_ctx *c, int slot, size_t nfloats)
+{
+    if (slot < 0 || slot >= OPS_SCRATCH_SLOTS)
+        return NULL;
+    if (c->slot_cap[slot] < nfloats) {
+        free(c->slot[slot]);
+        c->slot[slot] = aligned_alloc(64, ((nfloats * sizeof(float)) + 63) & ~(size_t)63);
+        c->slot_cap[slot] = c->slot[slot] ? nfloats : 0;
+    }
+    return c->slot[slot];
+}
+
+static cache_entry *cache_find(ops_ctx *c, const int64_t *key)
+{
+    for (int i = 0; i < CACHE_SLOTS; i++)
+        if (c->cache[i].used && !memcmp(c->cache[i].key, key, sizeof c->cache[i].key)) {
+            c->cache[i].last_use = ++c->clock;
+            return &c->cache[i];
+        }
+    return NULL;
+}
+
+static cache_entry *cache_victim(ops_ctx *c, const int64_t *key)
+{
+    cache_entry *v = &c->cache[0];
+    for (int i = 0; i < CACHE_SLOTS; i++) {
+        if (!c->cache[i].used) {
+            v = &c->cache[i];
+            break;
+        }
+        if (c->cache[i].last_use < v->last_use)
+            v = &c->cache[i];
+    }
+    entry_clear(v);
+    memcpy(v->key, key, sizeof v->key);
+    v->used = 1;
+    v->last_use = ++c->clock;
+    return v;
+}
+
+/* Makes the primitive from a descriptor, with user scratchpad and optional
+ * alpha / accumulate attributes. */
+static hadm_status entry_build(ops_ctx *c, cache_entry *e, const void *op_desc, float alpha,
+                               int accumulate, hadm_error *err)
+{
+    hadm_status s = HADM_OK;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t po = NULL;
+    DNNL_TRY(dnnl_primitive_attr_create(&attr), "attr");
+    DNNL_TRY(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad");
+    if (alpha != 1.0f)
+        DNNL_TRY(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &alpha), "scales");
+    if (accumulate) {
+        DNNL_TRY(dnnl_post_ops_create(&po), "post-ops");
+        DNNL_TRY(dnnl_post_ops_append_sum(po, 1.0f), "sum");
+        DNNL_TRY(dnnl_primitive_attr_set_post_ops(attr, po), "post-ops");
+    }
+    DNNL_TRY(dnnl_primitive_desc_create(&e->pd, op_desc, attr, c->eng, NULL), "primitive descriptor");
+    DNNL_TRY(dnnl_primitive_create(&e->prim, e->pd), "primitive");
+    e->scratch_bytes = dnnl_memory_desc_get_size(dnnl_primitive_desc_query_md(e->pd, dnnl_query_scratchpad_md, 0));
+fail:
+    if (po)
+        dnnl_post_ops_destroy(po);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    if (s)
+        entry_clear(e);
+    return s;
+}
+
+static hadm_status ensure_scratch(ops_ctx *c, size_t bytes, hadm_error *err)
+{
+    if (bytes <= c->scratch_cap)
+        return HADM_OK;
+    free(c->scratch);
+    c->scratch = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    c->scratch_cap = c->scratch ? bytes : 0;
+    return c->scratch ? HADM_OK : hadm_fail(err, HADM_ERR_NOMEM, "out of memory (scratchpad)");
+}
+
+/* Executes e with the given (arg, md-query, pointer) triples. */
+typedef struct {
+    int arg;
+    dnnl_query_t query;
+    int index;
+    void *ptr;
+} exec_arg;
+
+static hadm_status execute(ops_ctx *c, cache_entry *e, const exec_arg *a, int n, hadm_error *err)
+{
+    hadm_status s = HADM_OK;
+    dnnl_memory_t mem[8] = {0};
+    dnnl_exec_arg_t args[8];
+    int k = 0;
+    if ((s = ensure_scratch(c, e->scratch_bytes, err)))
+        return s;
+    for (; k < n; k++) {
+        const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(e->pd, a[k].query, a[k].index);
+        DNNL_TRY(dnnl_memory_create(&mem[k], md, c->eng, a[k].ptr), "memory");
+        args[k].arg = a[k].arg;
+        args[k].memory = mem[k];
+    }
+    if (e->scratch_bytes) {
+        const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(e->pd, dnnl_query_scratchpad_md, 0);
+        DNNL_TRY(dnnl_memory_create(&mem[k], md, c->eng, c->scratch), "memory");
+        args[k].arg = DNNL_ARG_SCRATCHPAD;
+        args[k].memory = mem[k];
+        k++;
+    }
+    omp_set_num_threads(c->threads);
+    DNNL_TRY(dnnl_primitive_execute(e->prim, c->stream, k, args), "execute");
+    DNNL_TRY(dnnl_stream_wait(c->stream), "wait");
+fail:
+    for (int i = 0; i < 8; i++)
+        if (mem[i])
+            dnnl_memory_destroy(mem[i]);
+    return s;
+}
+
+static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa, int64_t sb,
+                            int64_t sc, hadm_error *err)
+{
+    if (g->M <= 0 || g->N <= 0 || g->K <= 0 || batch <= 0)
+        return g->M == 0 || batch == 0 ? HADM_OK
+                                       : hadm_fail(err, HADM_ERR_ARG, "matmul: bad shape");
+    float alpha = g->alpha == 0 ? 1.0f : g->alpha;
+    int64_t key[KEY_WORDS] = {1, batch, g->M, g->N, g->K, g->lda, g->ldb, g->trans_b, g->ldc, sa, sb,
+                              sc, g->bias != NULL, g->accumulate};
+    memcpy(&key[14], &alpha, sizeof alpha);
+    cache_entry *e = cache_find(c, key);
+    hadm_status s = HADM_OK;
+    if (!e) {
+        e = cache_victim(c, key);
+        dnnl_memory_desc_t a_md, b_md, c_md, bias_md;
+        dnnl_dims_t ad = {batch, g->M, g->K}, bd = {batch, g->K, g->N}, cd = {batch, g->M, g->N};
+        dnnl_dims_t as = {sa, g->lda, 1}, cs = {sc, g->ldc, 1};
+        dnnl_dims_t bs_t = {sb, 1, g->ldb}, bs_n = {sb, g->ldb, 1};
+        int off = batch == 1 ? 1 : 0, nd = 3 - off;
+        DNNL_TRY(dnnl_memory_desc_init_by_strides(&a_md, nd, ad + off, dnnl_f32, as + off), "md");
+        DNNL_TRY(dnnl_memory_desc_init_by_strides(&b_md, nd, bd + off, dnnl_f32,
+                                                  (g->trans_b ? bs_t : bs_n) + off), "md");
+        DNNL_TRY(dnnl_memory_desc_init_by_strides(&c_md, nd, cd + off, dnnl_f32, cs + off), "md");
+        dnnl_dims_t biasd = {1, 1, g->N};
+        if (g->bias)
+            DNNL_TRY(dnnl_memory_desc_init_by_tag(&bias_md, nd, biasd + off, dnnl_f32,
+                                                  nd == 2 ? dnnl_ab : dnnl_abc), "md");
+        dnnl_matmul_desc_t md;
+        DNNL_TRY(dnnl_matmul_desc_init(&md, &a_md, &b_md, g->bias ? &bias_md : NULL, &c_md), "matmul desc");
+        if ((s = entry_build(c, e, &md, alpha, g->accumulate, err)))
+            return s;
+    }
+    exec_arg a[4] = {{DNNL_ARG_SRC, dnnl_query_src_md, 0, (void *)g->A},
+                     {DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, (void *)g->B},
+                     {DNNL_ARG_DST, dnnl_query_dst_md, 0, g->C},
+                     {DNNL_ARG_BIAS, dnnl_query_weights_md, 1, (void *)g->bias}};
+    if ((s = execute(c, e, a, g->bias ? 4 : 3, err)))
+        return s;
+    c->flops += 2.0 * batch * g->M * (double)g->N * g->K;
+    return HADM_OK;
+fail:
+    entry_clear(e);
+    return s;
+}
+
+hadm_status ops_matmul(ops_ctx *c, const ops_gemm *g, hadm_error *err)
+{
+    return gemm_run(c, g, 1, 0, 0, 0, err);
+}
+
+hadm_status ops_matmul_batched(ops_ctx *c, const ops_gemm *g, int batch, int64_t stride_a,
+                               int64_t stride_b, int64_t stride_c, hadm_error *err)
+{
+    if (g->bias || g->accumulate)
+        return hadm_fail(err, HADM_ERR_ARG, "batched matmul: bias/accumulate unsupported");
+    return gemm_run(c, g, batch, stride_a, stride_b, stride_c, err);
+}
+
+/* Reorders PyTorch OIHW weights into the layout the primitive chose, once. */
+static hadm_status conv_pack_weights(ops_ctx *c, cache_entry *e, const ops_conv *p, hadm_error *err)
+{
+    hadm_status s = HADM_OK;
+    dnnl_primitive_desc_t rpd = NULL;
+    dnnl_primitive_t r = NULL;
+    dnnl_memory_t from = NULL, to = NULL;
+    dnnl_memory_desc_t user_md;
+    dnnl_dims_t wd = {p->Cout, p->Cin, p->kh, p->kw};
+    const dnnl_memory_desc_t *want = dnnl_primitive_desc_query_md(e->pd, dnnl_query_weights_md, 0);
+    size_t bytes = dnnl_memory_desc_get_size(want);
+    if (!(e->packed_w = aligned_alloc(64, (bytes + 63) & ~(size_t)63)))
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (conv weights)");
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&user_md, 4, wd, dnnl_f32, dnnl_oihw), "md");
+    DNNL_TRY(dnnl_reorder_primitive_desc_create(&rpd, &user_md, c->eng, want, c->eng, NULL), "reorder");
+    DNNL_TRY(dnnl_primitive_create(&r, rpd), "reorder");
+    DNNL_TRY(dnnl_memory_create(&from, &user_md, c->eng, (void *)p->w), "memory");
+    DNNL_TRY(dnnl_memory_create(&to, want, c->eng, e->packed_w), "memory");
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+    omp_set_num_threads(c->threads);
+    DNNL_TRY(dnnl_primitive_execute(r, c->stream, 2, args), "reorder");
+    DNNL_TRY(dnnl_stream_wait(c->stream), "wait");
+fail:
+    if (from)
+        dnnl_memory_destroy(from);
+    if (to)
+        dnnl_memory_destroy(to);
+    if (r)
+        dnnl_primitive_destroy(r);
+    if (rpd)
+        dnnl_primitive_desc_destroy(rpd);
+    return s;
+}
+
+hadm_status ops_conv2d(ops_ctx *c, const ops_conv *p, hadm_error *err)
+{
+    int ho = (p->H + 2 * p->pad - p->kh) / p->stride + 1;
+    int wo = (p->W + 2 * p->pad - p->kw) / p->stride + 1;
+    if (p->N <= 0 || ho <= 0 || wo <= 0)
+        return p->N == 0 ? HADM_OK : hadm_fail(err, HADM_ERR_ARG, "conv2d: bad shape");
+    int64_t key[KEY_WORDS] = {2, p->N, p->H, p->W, p->Cin, p->Cout, p->kh, p->kw, p->stride, p->pad,
+                              p->bias != NULL, (int64_t)(intptr_t)p->w};
+    cache_entry *e = cache_find(c, key);
+    hadm_status s = HADM_OK;
+    if (!e) {
+        e = cache_victim(c, key);
+        dnnl_memory_desc_t x_md, w_md, b_md, y_md;
+        dnnl_dims_t xd = {p->N, p->Cin, p->H, p->W}, yd = {p->N, p->Cout, ho, wo};
+        dnnl_dims_t wd = {p->Cout, p->Cin, p->kh, p->kw}, bd = {p->Cout};
+        dnnl_dims_t st = {p->stride, p->stride}, pad = {p->pad, p->pad};
+        DNNL_TRY(dnnl_memory_desc_init_by_tag(&x_md, 4, xd, dnnl_f32, dnnl_nhwc), "md");
+        DNNL_TRY(dnnl_memory_desc_init_by_tag(&y_md, 4, yd, dnnl_f32, dnnl_nhwc), "md");
+        DNNL_TRY(dnnl_memory_desc_init_by_tag(&w_md, 4, wd, dnnl_f32, dnnl_format_tag_any), "md");
+        DNNL_TRY(dnnl_memory_desc_init_by_tag(&b_md, 1, bd, dnnl_f32, dnnl_a), "md");
+        dnnl_convolution_desc_t cd;
+        DNNL_TRY(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
+                                                    &x_md, &w_md, p->bias ? &b_md : NULL, &y_md, st,
+                                                    pad, pad), "conv desc");
+        if ((s = entry_build(c, e, &cd, 1.0f, 0, err)) || (s = conv_pack_weights(c, e, p, err))) {
+            entry_clear(e);
+            return s;
+        }
+    }
+    exec_arg a[4] = {{DNNL_ARG_SRC, dnnl_query_src_md, 0, (void *)p->x},
+                     {DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, e->packed_w},
+                     {DNNL_ARG_DST, dnnl_query_dst_md, 0, p->y},
+                     {DNNL_ARG_BIAS, dnnl_query_weights_md, 1, (void *)p->bias}};
+    if ((s = execute(c, e, a, p->bias ? 4 : 3, err)))
+        return s;
+    c->flops += 2.0 * p->N * ho * (double)wo * p->Cout * p->Cin * p->kh * p->kw;
+    return HADM_OK;
+fail:
+    entry_clear(e);
+    return s;
+}

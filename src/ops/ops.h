@@ -1,0 +1,100 @@
+/* ops: the tensor operations the engine needs, behind one interface.
+ *
+ * Ops know nothing of HADM. Dense matrices are row-major float32 with explicit
+ * leading dimensions; feature maps are NHWC (channels contiguous), which makes
+ * the channel LayerNorms, ROIAlign and 1x1 convs contiguous.
+ *
+ * An ops_ctx holds what one thread of execution needs (scratch memory, the
+ * thread count); it must not be used by two threads at once. A backend is the
+ * set of functions below; the CPU one is in ops/cpu (oneDNN + own kernels).
+ * Every function returns 0 on success, non-zero (and fills err) on failure. */
+#ifndef HADM_OPS_H
+#define HADM_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hadm.h"
+
+typedef struct ops_ctx ops_ctx;
+
+hadm_status ops_ctx_new(int threads, ops_ctx **out, hadm_error *err);
+void ops_ctx_free(ops_ctx *c);
+int ops_ctx_threads(const ops_ctx *c);
+/* FLOPs done by the dense ops of this context since the last reset. */
+double ops_ctx_flops(const ops_ctx *c);
+void ops_ctx_reset_flops(ops_ctx *c);
+
+/* ---- dense ---------------------------------------------------------------
+ * C[M,N] = alpha * A[M,K] · op(B) (+ bias[N]) (+ C if accumulate)
+ * op(B) = Bᵀ where B is stored [N,K] (trans_b = 1, PyTorch Linear weight)
+ *       = B  where B is stored [K,N] (trans_b = 0). ldb is B's row stride. */
+typedef struct {
+    int M, N, K;
+    const float *A; int64_t lda;
+    const float *B; int64_t ldb; int trans_b;
+    const float *bias;          /* may be NULL */
+    float *C; int64_t ldc;
+    float alpha;                /* 0 is taken as 1 */
+    int accumulate;             /* C += result */
+} ops_gemm;
+hadm_status ops_matmul(ops_ctx *c, const ops_gemm *g, hadm_error *err);
+
+/* The same gemm repeated over `batch` independent problems, A/B/C advanced by
+ * the given element strides per batch entry (bias and accumulate unsupported). */
+hadm_status ops_matmul_batched(ops_ctx *c, const ops_gemm *g, int batch, int64_t stride_a,
+                               int64_t stride_b, int64_t stride_c, hadm_error *err);
+
+/* 2-D convolution, NHWC in and out, weight in PyTorch layout [Cout][Cin][kh][kw],
+ * zero padding, optional bias. */
+typedef struct {
+    int N, H, W, Cin, Cout, kh, kw, stride, pad;
+    const float *x;        /* N*H*W*Cin */
+    const float *w;        /* Cout*Cin*kh*kw */
+    const float *bias;     /* Cout or NULL */
+    float *y;              /* N*Ho*Wo*Cout */
+} ops_conv;
+hadm_status ops_conv2d(ops_ctx *c, const ops_conv *p, hadm_error *err);
+
+/* ---- elementwise and row ops (own kernels, threaded) ------------------- */
+/* y[r] = LayerNorm(x[r]) * g + b over n values per row; x may equal y. */
+void ops_layernorm(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, const float *g,
+                   const float *b, float eps, float *y, int64_t ldy);
+void ops_relu(ops_ctx *c, float *x, int64_t n);
+void ops_gelu_erf(ops_ctx *c, float *x, int64_t n);
+/* a[i] = silu(a[i]) * b[i] for rows x n, with row strides */
+void ops_silu_mul(ops_ctx *c, int64_t rows, int n, float *a, int64_t lda, const float *b, int64_t ldb);
+/* in-place softmax of each row of n values (row stride ld) */
+void ops_softmax_rows(ops_ctx *c, int64_t rows, int n, float *x, int64_t ld);
+/* 2-D RoPE, interleaved pairs: row r of x (heads x hd values, row stride ld)
+ * is rotated with table row (r % period) of cos/sin [period][hd]. */
+void ops_rope(ops_ctx *c, int64_t rows, int heads, int hd, float *x, int64_t ld, const float *cos,
+              const float *sin, int64_t period);
+/* y += x */
+void ops_add(ops_ctx *c, float *y, const float *x, int64_t n);
+
+/* Multi-head attention for one unit of N tokens (a window or the whole grid):
+ * q,k,v: [N][ld] with head h in columns [h*hd, (h+1)*hd); RoPE already applied.
+ * out:   [N][ldo], same head layout. Scores are never held for all heads and
+ * all queries at once: queries are processed in tiles. */
+hadm_status ops_attention(ops_ctx *c, int N, int heads, int hd, float scale, const float *q,
+                          const float *k, const float *v, int64_t ld, float *out, int64_t ldo,
+                          hadm_error *err);
+
+/* Greedy NMS with torchvision semantics on xyxy boxes: `order` lists candidate
+ * indices by descending score; a later box is suppressed when IoU > thresh
+ * (strictly). Writes the kept indices (in order) to keep, returns their count. */
+int ops_nms(const float *boxes, const int *order, int n, float iou_thresh, int *keep);
+
+/* ROIAlign (torchvision roi_align) of one xyxy box on an NHWC map [H][W][C]:
+ * out [res][res][C]. sampling_ratio 0 = adaptive ceil(size/res) per axis. */
+void ops_roi_align(const float *map, int H, int W, int C, const float box[4], float spatial_scale,
+                   int res, int sampling_ratio, int aligned, float *out);
+
+/* Scratch memory owned by the context, grown on demand, valid until the next
+ * call that asks for the same slot. */
+float *ops_scratch(ops_ctx *c, int slot, size_t nfloats);
+#define OPS_SCRATCH_SLOTS 8
+#define OPS_SCRATCH_ATTN 7   /* reserved for ops_attention */
+
+#endif

@@ -1,0 +1,115 @@
+#include "golden.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(((const golden_case *)a)->name, ((const golden_case *)b)->name);
+}
+
+static int int_pair(const cJSON *root, const char *key, int *a, int *b)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2)
+        return 0;
+    *a = cJSON_GetArrayItem(v, 0)->valueint;
+    *b = cJSON_GetArrayItem(v, 1)->valueint;
+    return 1;
+}
+
+static int load_case(golden_case *c, const char *root, const char *name)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->name, sizeof c->name, "%s", name);
+    snprintf(c->dir, sizeof c->dir, "%s/%s", root, name);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/expected.json", c->dir);
+    c->json = (char *)test_read_file(path, NULL);
+    CHECK(c->json != NULL, "%s: cannot read expected.json", name);
+    if (!c->json)
+        return 0;
+    cJSON *j = cJSON_Parse(c->json);
+    const cJSON *img = cJSON_GetObjectItemCaseSensitive(j, "image");
+    const cJSON *var = cJSON_GetObjectItemCaseSensitive(j, "variant");
+    int ok = cJSON_IsString(img) && cJSON_IsString(var) &&
+             int_pair(j, "original_hw", &c->orig_h, &c->orig_w) &&
+             int_pair(j, "resized_hw", &c->resized_h, &c->resized_w);
+    CHECK(ok, "%s: expected.json lacks image/variant/original_hw/resized_hw", name);
+    if (ok) {
+        snprintf(c->image, sizeof c->image, "%s/%s", c->dir, img->valuestring);
+        snprintf(c->variant, sizeof c->variant, "%s", var->valuestring);
+    }
+    cJSON_Delete(j);
+    if (!ok)
+        return 0;
+    hadm_error err = {0};
+    snprintf(path, sizeof path, "%s/expected.safetensors", c->dir);
+    hadm_status s = st_open(path, &c->expected, &err);
+    CHECK(s == HADM_OK, "%s: %s", name, err.msg);
+    return s == HADM_OK;
+}
+
+int golden_cases(golden_case *cases, int max)
+{
+    const char *root = test_golden_dir();
+    DIR *d = opendir(root);
+    CHECK(d != NULL, "cannot open golden dir %s", root);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < max) {
+        if (e->d_name[0] == '.')
+            continue;
+        char probe[1200];
+        snprintf(probe, sizeof probe, "%s/%s/model.safetensors", root, e->d_name);
+        FILE *f = fopen(probe, "rb");
+        if (!f)
+            continue;
+        fclose(f);
+        if (load_case(&cases[n], root, e->d_name))
+            n++;
+        else
+            golden_case_free(&cases[n]);
+    }
+    closedir(d);
+    qsort(cases, (size_t)n, sizeof *cases, by_name);
+    return n;
+}
+
+void golden_case_free(golden_case *c)
+{
+    st_close(c->expected);
+    free(c->json);
+    c->expected = NULL;
+    c->json = NULL;
+}
+
+double *golden_tensor(const golden_case *c, const char *name, int64_t *numel, const st_tensor **info)
+{
+    const st_tensor *t = st_find(c->expected, name);
+    if (info)
+        *info = t;
+    if (!t)
+        return NULL;
+    double *out = malloc((size_t)(t->numel ? t->numel : 1) * sizeof *out);
+    if (!out)
+        return NULL;
+    for (int64_t i = 0; i < t->numel; i++) {
+        switch (t->dtype) {
+        case ST_F32: out[i] = ((const float *)t->data)[i]; break;
+        case ST_F64: out[i] = ((const double *)t->data)[i]; break;
+        case ST_I64: out[i] = (double)((const int64_t *)t->data)[i]; break;
+        case ST_I32: out[i] = ((const int32_t *)t->data)[i]; break;
+        case ST_U8: out[i] = ((const uint8_t *)t->data)[i]; break;
+        default: free(out); return NULL;
+        }
+    }
+    *numel = t->numel;
+    return out;
+}
