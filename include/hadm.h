@@ -82,6 +82,12 @@ hadm_status hadm_model_open(const char *path, const hadm_open_options *opt,
                             hadm_model **out, hadm_error *err);
 void hadm_model_close(hadm_model *m);
 
+/* A tiny model with seeded random weights, built in memory: for demos and
+ * tests when no model files exist. Its detections mean nothing. */
+hadm_status hadm_model_open_demo(char variant /* 'l' or 'g' */, uint64_t seed,
+                                 const hadm_open_options *opt, hadm_model **out,
+                                 hadm_error *err);
+
 const char *hadm_model_variant(const hadm_model *m);   /* "HADM-L" / "HADM-G" */
 int hadm_model_num_classes(const hadm_model *m);
 const char *hadm_model_class_name(const hadm_model *m, int class_id);

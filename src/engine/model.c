@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/synth.h"
 #include "engine/weights.h"
 #include "util/err.h"
 
@@ -195,6 +196,16 @@ static hadm_status model_prepare(struct hadm_model *m, hadm_error *err)
     return HADM_OK;
 }
 
+static struct hadm_model *model_new(const hadm_open_options *opt)
+{
+    struct hadm_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    pthread_mutex_init(&m->pool_lock, NULL);
+    m->threads = opt && opt->threads > 0 ? opt->threads : 0;
+    return m;
+}
+
 hadm_status hadm_model_open(const char *path, const hadm_open_options *opt, hadm_model **out,
                             hadm_error *err)
 {
@@ -203,14 +214,41 @@ hadm_status hadm_model_open(const char *path, const hadm_open_options *opt, hadm
     *out = NULL;
     if (opt && opt->device != HADM_DEVICE_CPU)
         return hadm_fail(err, HADM_ERR_UNSUPPORTED, "%s: this build has no CUDA backend", path);
-    struct hadm_model *m = calloc(1, sizeof *m);
+    struct hadm_model *m = model_new(opt);
     if (!m)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
-    pthread_mutex_init(&m->pool_lock, NULL);
-    m->threads = opt && opt->threads > 0 ? opt->threads : 0;
     hadm_status s = st_open(path, &m->file, err);
     if (!s && (s = model_prepare(m, err)))
         hadm_error_prefix(err, "%s", path);
+    if (s) {
+        hadm_model_close(m);
+        return s;
+    }
+    *out = m;
+    return HADM_OK;
+}
+
+hadm_status hadm_model_open_demo(char variant, uint64_t seed, const hadm_open_options *opt,
+                                 hadm_model **out, hadm_error *err)
+{
+    *out = NULL;
+    hadm_config cfg;
+    synth_model syn = {0};
+    struct hadm_model *m = NULL;
+    size_t len = 0;
+    hadm_status s = config_default(&cfg, variant, 1, err);
+    if (s)
+        return s;
+    if (!(s = synth_build(&cfg, seed, &syn, err))) {
+        if (!(m = model_new(opt)))
+            s = hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+        else if (!(s = st_writer_serialize(syn.writer, &m->owned_buf, &len, err)) &&
+                 !(s = st_open_buffer(m->owned_buf, len, variant == 'g' ? "<demo HADM-G>" : "<demo HADM-L>",
+                                      &m->file, err)))
+            s = model_prepare(m, err);
+    }
+    synth_free(&syn);
+    config_free(&cfg);
     if (s) {
         hadm_model_close(m);
         return s;
@@ -236,6 +274,7 @@ void hadm_model_close(hadm_model *m)
     free(m->w.rope_glb_sin);
     config_free(&m->cfg);
     st_close(m->file);
+    free(m->owned_buf);
     pthread_mutex_destroy(&m->pool_lock);
     free(m);
 }

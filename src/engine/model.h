@@ -57,6 +57,7 @@ typedef struct ctx_slot {
 struct hadm_model {
     hadm_config cfg;
     st_file *file;
+    void *owned_buf;          /* file image when built in memory (demo models) */
     hadm_weights w;
     int threads;
     int64_t params;

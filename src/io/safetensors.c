@@ -367,6 +367,37 @@ static char *writer_header(st_writer *w, size_t *len)
     return h;
 }
 
+static int write_all(st_writer *w, FILE *fp, const char *header, size_t hlen)
+{
+    uint8_t len8[8];
+    for (int i = 0; i < 8; i++)
+        len8[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
+    int ok = fwrite(len8, 1, 8, fp) == 8 && fwrite(header, 1, hlen, fp) == hlen;
+    for (int i = 0; ok && i < w->n; i++)
+        ok = w->e[i].nbytes == 0 || fwrite(w->e[i].data, 1, w->e[i].nbytes, fp) == w->e[i].nbytes;
+    return ok;
+}
+
+hadm_status st_writer_serialize(st_writer *w, void **buf, size_t *len, hadm_error *err)
+{
+    size_t hlen = 0;
+    char *header = writer_header(w, &hlen);
+    char *mem = NULL;
+    size_t size = 0;
+    FILE *fp = header ? open_memstream(&mem, &size) : NULL;
+    int ok = fp && write_all(w, fp, header, hlen);
+    if (fp && fclose(fp) != 0)
+        ok = 0;
+    free(header);
+    if (!ok) {
+        free(mem);
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory serialising a model");
+    }
+    *buf = mem;
+    *len = size;
+    return HADM_OK;
+}
+
 hadm_status st_writer_save(st_writer *w, const char *path, hadm_error *err)
 {
     size_t hlen = 0;
@@ -386,12 +417,7 @@ hadm_status st_writer_save(st_writer *w, const char *path, hadm_error *err)
         s = hadm_fail(err, HADM_ERR_IO, "%s: %s", tmp, strerror(errno));
         goto out;
     }
-    uint8_t len8[8];
-    for (int i = 0; i < 8; i++)
-        len8[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
-    int ok = fwrite(len8, 1, 8, fp) == 8 && fwrite(header, 1, hlen, fp) == hlen;
-    for (int i = 0; ok && i < w->n; i++)
-        ok = w->e[i].nbytes == 0 || fwrite(w->e[i].data, 1, w->e[i].nbytes, fp) == w->e[i].nbytes;
+    int ok = write_all(w, fp, header, hlen);
     if (fclose(fp) != 0)
         ok = 0;
     if (!ok || rename(tmp, path) != 0) {

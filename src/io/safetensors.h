@@ -49,6 +49,8 @@ st_writer *st_writer_new(void);
 hadm_status st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim,
                           const int64_t *shape, const void *data, hadm_error *err);
 hadm_status st_writer_meta(st_writer *w, const char *key, const char *value, hadm_error *err);
+/* The whole file image in one malloc'd buffer (caller frees). */
+hadm_status st_writer_serialize(st_writer *w, void **buf, size_t *len, hadm_error *err);
 /* Writes atomically (temp file + rename). */
 hadm_status st_writer_save(st_writer *w, const char *path, hadm_error *err);
 void st_writer_free(st_writer *w);
