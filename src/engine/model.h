@@ -20,6 +20,8 @@ typedef struct {
     linear_w w1, w2;
     const float *ffn_ln_g, *ffn_ln_b;
     linear_w w3;
+    /* the same weights reordered for the matmul kernel at load (NULL = use the plain ones) */
+    ops_packed *q_pk, *k_pk, *v_pk, *proj_pk, *w1_pk, *w2_pk, *w3_pk;
 } vit_block_w;
 
 typedef struct {

@@ -17,10 +17,11 @@ typedef struct {
 } vit_run;
 
 static hadm_status linear(vit_run *r, int rows, const float *x, int ldx, const linear_w *l,
-                          const float *w, int out, int in, float *y, int ldy, int accumulate)
+                          const ops_packed *pk, int out, int in, float *y, int ldy, int accumulate)
 {
-    ops_gemm g = {.M = rows, .N = out, .K = in, .A = x, .lda = ldx, .B = w ? w : l->w, .ldb = in,
-                  .trans_b = 1, .bias = l ? l->b : NULL, .C = y, .ldc = ldy, .accumulate = accumulate};
+    ops_gemm g = {.M = rows, .N = out, .K = in, .A = x, .lda = ldx, .B = l->w, .ldb = in,
+                  .trans_b = 1, .bias = l->b, .C = y, .ldc = ldy, .accumulate = accumulate,
+                  .packed = pk};
     return ops_matmul(r->c, &g, r->err);
 }
 
@@ -95,9 +96,9 @@ static hadm_status attention_block(vit_run *r, const vit_block_w *b, int global,
         window_partition(normed, h, r->G, D, WS, nw_side);
     linear_w qb = {b->q_w, b->q_bias}, vb = {b->v_w, b->v_bias}, kb = {b->k_w, NULL};
     hadm_status s;
-    if ((s = linear(r, rows, h, D, &qb, NULL, D, D, q, D, 0)) ||
-        (s = linear(r, rows, h, D, &kb, NULL, D, D, k, D, 0)) ||
-        (s = linear(r, rows, h, D, &vb, NULL, D, D, v, D, 0)))
+    if ((s = linear(r, rows, h, D, &qb, b->q_pk, D, D, q, D, 0)) ||
+        (s = linear(r, rows, h, D, &kb, b->k_pk, D, D, k, D, 0)) ||
+        (s = linear(r, rows, h, D, &vb, b->v_pk, D, D, v, D, 0)))
         return s;
     const float *rc = global ? w->rope_glb_cos : w->rope_win_cos;
     const float *rs = global ? w->rope_glb_sin : w->rope_win_sin;
@@ -110,8 +111,8 @@ static hadm_status attention_block(vit_run *r, const vit_block_w *b, int global,
             return s;
     }
     if (global)
-        return linear(r, rows, o, D, &b->proj, NULL, D, D, x, D, 1);
-    if ((s = linear(r, rows, o, D, &b->proj, NULL, D, D, h, D, 0)))
+        return linear(r, rows, o, D, &b->proj, b->proj_pk, D, D, x, D, 1);
+    if ((s = linear(r, rows, o, D, &b->proj, b->proj_pk, D, D, h, D, 0)))
         return s;
     window_unpartition_add(h, x, r->G, D, WS, nw_side);
     return HADM_OK;
@@ -128,12 +129,12 @@ static hadm_status mlp_block(vit_run *r, const vit_block_w *b, float *x)
         return hadm_fail(r->err, HADM_ERR_NOMEM, "out of memory");
     ops_layernorm(r->c, T, D, x, D, b->norm2_g, b->norm2_b, cfg->ln_eps, n, D);
     hadm_status s;
-    if ((s = linear(r, T, n, D, &b->w1, NULL, F, D, a, F, 0)) ||
-        (s = linear(r, T, n, D, &b->w2, NULL, F, D, g, F, 0)))
+    if ((s = linear(r, T, n, D, &b->w1, b->w1_pk, F, D, a, F, 0)) ||
+        (s = linear(r, T, n, D, &b->w2, b->w2_pk, F, D, g, F, 0)))
         return s;
     ops_silu_mul(r->c, T, F, a, F, g, F);
     ops_layernorm(r->c, T, F, a, F, b->ffn_ln_g, b->ffn_ln_b, cfg->ln_eps, a, F);
-    return linear(r, T, a, F, &b->w3, NULL, D, F, x, D, 1);
+    return linear(r, T, a, F, &b->w3, b->w3_pk, D, F, x, D, 1);
 }
 
 hadm_status vit_forward(const struct hadm_model *m, ops_ctx *c, const float *chw, float *tokens,

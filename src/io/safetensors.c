@@ -239,6 +239,17 @@ void st_close(st_file *f)
     free(f);
 }
 
+void st_release_pages(const st_file *f, const void *p, size_t n)
+{
+    if (!f->map || (const uint8_t *)p < (const uint8_t *)f->map ||
+        (const uint8_t *)p + n > (const uint8_t *)f->map + f->map_len)
+        return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + n) & ~(page - 1);
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 int st_count(const st_file *f) { return f->n; }
 const st_tensor *st_at(const st_file *f, int i) { return i >= 0 && i < f->n ? &f->tensors[i] : NULL; }
 const char *st_path(const st_file *f) { return f->path; }

@@ -32,6 +32,10 @@ hadm_status st_open(const char *path, st_file **out, hadm_error *err);
 hadm_status st_open_buffer(const void *buf, size_t len, const char *label,
                            st_file **out, hadm_error *err);
 void st_close(st_file *f);
+/* Tells the kernel the pages wholly inside [p, p+n) of a mapped file are not
+ * needed now (they are re-read from the file if touched again). No-op for
+ * buffers opened with st_open_buffer. */
+void st_release_pages(const st_file *f, const void *p, size_t n);
 
 int st_count(const st_file *f);
 const st_tensor *st_at(const st_file *f, int i);

@@ -29,6 +29,15 @@ void ops_ctx_reset_flops(ops_ctx *c);
  * C[M,N] = alpha * A[M,K] · op(B) (+ bias[N]) (+ C if accumulate)
  * op(B) = Bᵀ where B is stored [N,K] (trans_b = 1, PyTorch Linear weight)
  *       = B  where B is stored [K,N] (trans_b = 0). ldb is B's row stride. */
+/* A Linear weight [N][K] reordered once into the layout the matmul kernel
+ * wants for C[M,N] = A[M,K]·Wᵀ (10-40% faster than reading the plain
+ * transposed matrix each call). Immutable: may be shared by contexts. */
+typedef struct ops_packed ops_packed;
+hadm_status ops_pack_weights(ops_ctx *c, int M, int N, int K, const float *w, ops_packed **out,
+                             hadm_error *err);
+void ops_packed_free(ops_packed *p);
+size_t ops_packed_bytes(const ops_packed *p);
+
 typedef struct {
     int M, N, K;
     const float *A; int64_t lda;
@@ -37,6 +46,7 @@ typedef struct {
     float *C; int64_t ldc;
     float alpha;                /* 0 is taken as 1 */
     int accumulate;             /* C += result */
+    const ops_packed *packed;   /* optional: used instead of B when M, N, K match */
 } ops_gemm;
 hadm_status ops_matmul(ops_ctx *c, const ops_gemm *g, hadm_error *err);
 

@@ -214,6 +214,75 @@ fail:
     return s;
 }
 
+struct ops_packed {
+    int M, N, K;
+    dnnl_memory_desc_t md;
+    void *data;
+    size_t bytes;
+};
+
+hadm_status ops_pack_weights(ops_ctx *c, int M, int N, int K, const float *w, ops_packed **out,
+                             hadm_error *err)
+{
+    *out = NULL;
+    hadm_status s = HADM_OK;
+    dnnl_primitive_desc_t pd = NULL, rpd = NULL;
+    dnnl_primitive_t r = NULL;
+    dnnl_memory_t from = NULL, to = NULL;
+    ops_packed *p = calloc(1, sizeof *p);
+    if (!p)
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+    dnnl_memory_desc_t a_md, b_any, c_md, user;
+    dnnl_dims_t ad = {M, K}, bd = {K, N}, cd = {M, N};
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&a_md, 2, ad, dnnl_f32, dnnl_ab), "md");
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&b_any, 2, bd, dnnl_f32, dnnl_format_tag_any), "md");
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&c_md, 2, cd, dnnl_f32, dnnl_ab), "md");
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&user, 2, bd, dnnl_f32, dnnl_ba), "md");
+    dnnl_matmul_desc_t md;
+    DNNL_TRY(dnnl_matmul_desc_init(&md, &a_md, &b_any, NULL, &c_md), "matmul desc");
+    DNNL_TRY(dnnl_primitive_desc_create(&pd, &md, NULL, c->eng, NULL), "primitive descriptor");
+    p->md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    p->bytes = dnnl_memory_desc_get_size(&p->md);
+    p->M = M, p->N = N, p->K = K;
+    if (!(p->data = aligned_alloc(64, (p->bytes + 63) & ~(size_t)63))) {
+        s = hadm_fail(err, HADM_ERR_NOMEM, "out of memory (packed weights)");
+        goto fail;
+    }
+    DNNL_TRY(dnnl_reorder_primitive_desc_create(&rpd, &user, c->eng, &p->md, c->eng, NULL), "reorder");
+    DNNL_TRY(dnnl_primitive_create(&r, rpd), "reorder");
+    DNNL_TRY(dnnl_memory_create(&from, &user, c->eng, (void *)w), "memory");
+    DNNL_TRY(dnnl_memory_create(&to, &p->md, c->eng, p->data), "memory");
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+    omp_set_num_threads(c->threads);
+    DNNL_TRY(dnnl_primitive_execute(r, c->stream, 2, args), "reorder");
+    DNNL_TRY(dnnl_stream_wait(c->stream), "wait");
+    *out = p;
+    p = NULL;
+fail:
+    if (from)
+        dnnl_memory_destroy(from);
+    if (to)
+        dnnl_memory_destroy(to);
+    if (r)
+        dnnl_primitive_destroy(r);
+    if (rpd)
+        dnnl_primitive_desc_destroy(rpd);
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    ops_packed_free(p);
+    return s;
+}
+
+void ops_packed_free(ops_packed *p)
+{
+    if (!p)
+        return;
+    free(p->data);
+    free(p);
+}
+
+size_t ops_packed_bytes(const ops_packed *p) { return p ? p->bytes : 0; }
+
 static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa, int64_t sb,
                             int64_t sc, hadm_error *err)
 {
@@ -221,9 +290,13 @@ static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa
         return g->M == 0 || batch == 0 ? HADM_OK
                                        : hadm_fail(err, HADM_ERR_ARG, "matmul: bad shape");
     float alpha = g->alpha == 0 ? 1.0f : g->alpha;
+    const ops_packed *pk = g->packed;
+    if (pk && (batch != 1 || pk->M != g->M || pk->N != g->N || pk->K != g->K || !g->trans_b))
+        pk = NULL;
     int64_t key[KEY_WORDS] = {1, batch, g->M, g->N, g->K, g->lda, g->ldb, g->trans_b, g->ldc, sa, sb,
                               sc, g->bias != NULL, g->accumulate};
     memcpy(&key[14], &alpha, sizeof alpha);
+    key[15] = (int64_t)(intptr_t)pk;
     cache_entry *e = cache_find(c, key);
     hadm_status s = HADM_OK;
     if (!e) {
@@ -234,8 +307,11 @@ static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa
         dnnl_dims_t bs_t = {sb, 1, g->ldb}, bs_n = {sb, g->ldb, 1};
         int off = batch == 1 ? 1 : 0, nd = 3 - off;
         DNNL_TRY(dnnl_memory_desc_init_by_strides(&a_md, nd, ad + off, dnnl_f32, as + off), "md");
-        DNNL_TRY(dnnl_memory_desc_init_by_strides(&b_md, nd, bd + off, dnnl_f32,
-                                                  (g->trans_b ? bs_t : bs_n) + off), "md");
+        if (pk)
+            b_md = pk->md;
+        else
+            DNNL_TRY(dnnl_memory_desc_init_by_strides(&b_md, nd, bd + off, dnnl_f32,
+                                                      (g->trans_b ? bs_t : bs_n) + off), "md");
         DNNL_TRY(dnnl_memory_desc_init_by_strides(&c_md, nd, cd + off, dnnl_f32, cs + off), "md");
         dnnl_dims_t biasd = {1, 1, g->N};
         if (g->bias)
@@ -247,7 +323,7 @@ static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa
             return s;
     }
     exec_arg a[4] = {{DNNL_ARG_SRC, dnnl_query_src_md, 0, (void *)g->A},
-                     {DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, (void *)g->B},
+                     {DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, pk ? pk->data : (void *)g->B},
                      {DNNL_ARG_DST, dnnl_query_dst_md, 0, g->C},
                      {DNNL_ARG_BIAS, dnnl_query_weights_md, 1, (void *)g->bias}};
     if ((s = execute(c, e, a, g->bias ? 4 : 3, err)))
