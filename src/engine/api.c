@@ -1,5 +1,6 @@
-/* The forward pass for one image, stage by stage as in spec/PIPELINE.md,
- * and the public detect entry points. */
+/* The forward pass, stage by stage as in spec/PIPELINE.md, and the public
+ * detect entry points. A batch shares one pass through the ViT (its Linear
+ * layers then see B*G*G rows); everything after the backbone is per image. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -7,133 +8,204 @@
 #include "util/err.h"
 #include "util/timer.h"
 
-typedef struct {
-    float *chw, *tokens, *proposals, *scores, *boxes;
-    fpn_maps maps;
-} forward_buffers;
+/* Backbone rows per pass: batches of small models share a pass, a full-size
+ * image (4096 tokens) already fills the matmuls and goes alone, which also
+ * keeps activation memory to one image's worth. */
+#define VIT_MAX_ROWS 4096
+#define VIT_MAX_BATCH 64
 
-static void buffers_free(forward_buffers *b)
+typedef struct {
+    const hadm_image *img;
+    image_geom g;
+    float *chw;
+    hadm_result *res;
+    hadm_error err;
+    hadm_status st;
+} job;
+
+typedef struct {
+    float *proposals, *scores, *boxes;
+    fpn_maps maps;
+} head_buffers;
+
+static void heads_free(head_buffers *b)
 {
-    free(b->chw);
-    free(b->tokens);
     free(b->proposals);
     free(b->scores);
     free(b->boxes);
     fpn_free(&b->maps);
 }
 
-static hadm_status buffers_alloc(const hadm_config *cfg, forward_buffers *b, hadm_error *err)
+static hadm_status heads_alloc(const hadm_config *cfg, head_buffers *b, hadm_error *err)
 {
     memset(b, 0, sizeof *b);
-    size_t S = (size_t)cfg->square_pad, G = (size_t)(cfg->img_size / cfg->patch);
     size_t R = (size_t)cfg->rpn_post_topk;
-    b->chw = malloc(3 * S * S * sizeof(float));
-    b->tokens = malloc(G * G * (size_t)cfg->embed_dim * sizeof(float));
     b->proposals = malloc(R * 4 * sizeof(float));
     b->scores = malloc(R * (size_t)(cfg->num_classes + 1) * sizeof(float));
     b->boxes = malloc(R * 4 * sizeof(float));
-    if (!b->chw || !b->tokens || !b->proposals || !b->scores || !b->boxes) {
-        buffers_free(b);
+    if (!b->proposals || !b->scores || !b->boxes) {
+        heads_free(b);
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
     }
     hadm_status s = fpn_alloc(cfg, &b->maps, err);
     if (s)
-        buffers_free(b);
+        heads_free(b);
     return s;
 }
 
-static hadm_status preprocess(const hadm_config *cfg, const hadm_image *img, hadm_channel_order order,
-                              image_geom *g, float *chw, const engine_trace *t, hadm_error *err)
+static hadm_status preprocess(const hadm_config *cfg, job *j, hadm_channel_order order,
+                              const engine_trace *t)
 {
-    g->orig_w = img->width;
-    g->orig_h = img->height;
-    hadm_status s = preprocess_size(cfg, img->width, img->height, &g->new_w, &g->new_h, err);
-    if (s)
-        return s;
+    const hadm_image *img = j->img;
+    if (!img || !img->rgb || img->width <= 0 || img->height <= 0)
+        return hadm_fail(&j->err, HADM_ERR_ARG, "empty image");
+    double t0 = hadm_now();
+    j->g.orig_w = img->width;
+    j->g.orig_h = img->height;
+    hadm_status s = preprocess_size(cfg, img->width, img->height, &j->g.new_w, &j->g.new_h, &j->err);
     hadm_image resized = {0};
-    if ((s = preprocess_resize(img, g->new_w, g->new_h, &resized, err)))
+    if (s || (s = preprocess_resize(img, j->g.new_w, j->g.new_h, &resized, &j->err)))
         return s;
-    preprocess_normalize_pad(cfg, &resized, order, chw);
+    size_t S = (size_t)cfg->square_pad;
+    if (!(j->chw = malloc(3 * S * S * sizeof(float)))) {
+        hadm_image_free(&resized);
+        return hadm_fail(&j->err, HADM_ERR_NOMEM, "out of memory");
+    }
+    preprocess_normalize_pad(cfg, &resized, order, j->chw);
     hadm_image_free(&resized);
-    int64_t shape[4] = {1, 3, cfg->square_pad, cfg->square_pad};
-    trace_f32(t, "input.tensor", TRACE_SAME, chw, 4, shape);
+    int64_t shape[4] = {1, 3, (int64_t)S, (int64_t)S};
+    trace_f32(t, "input.tensor", TRACE_SAME, j->chw, 4, shape);
+    if (!(j->res = calloc(1, sizeof *j->res)))
+        return hadm_fail(&j->err, HADM_ERR_NOMEM, "out of memory");
+    j->res->image_width = j->g.orig_w;
+    j->res->image_height = j->g.orig_h;
+    j->res->resized_width = j->g.new_w;
+    j->res->resized_height = j->g.new_h;
+    j->res->timings.preprocess = hadm_now() - t0;
     return HADM_OK;
 }
 
-static void apply_min_score(hadm_result *res, float min_score)
+/* Pyramid, proposals, cascade and post-processing for one image. */
+static hadm_status heads(struct hadm_model *m, ops_ctx *c, job *j, const float *tokens,
+                         head_buffers *b, const hadm_detect_options *opt, const engine_trace *t)
 {
-    int n = 0;
-    for (int i = 0; i < res->count; i++)
-        if (res->dets[i].score >= min_score)
-            res->dets[n++] = res->dets[i];
-    res->count = n;
-}
-
-static hadm_status forward(struct hadm_model *m, ops_ctx *c, const hadm_image *img,
-                           const hadm_detect_options *opt, const engine_trace *t, hadm_result *res,
-                           forward_buffers *b, hadm_error *err)
-{
-    const hadm_config *cfg = &m->cfg;
-    hadm_timings *tm = &res->timings;
-    image_geom g;
-    double t0 = hadm_now(), t1;
-    hadm_status s = preprocess(cfg, img, opt ? opt->channel_order : HADM_RGB, &g, b->chw, t, err);
-    if (s)
-        return s;
-    res->image_width = g.orig_w;
-    res->image_height = g.orig_h;
-    res->resized_width = g.new_w;
-    res->resized_height = g.new_h;
-    tm->preprocess = (t1 = hadm_now()) - t0;
-    if ((s = vit_forward(m, c, b->chw, b->tokens, t, err)))
-        return s;
-    tm->backbone = hadm_now() - t1, t1 = hadm_now();
-    if ((s = fpn_forward(m, c, b->tokens, &b->maps, t, err)))
+    hadm_timings *tm = &j->res->timings;
+    hadm_error *err = &j->err;
+    double t1 = hadm_now(), flops0 = ops_ctx_flops(c);
+    hadm_status s;
+    int R = 0;
+    if ((s = fpn_forward(m, c, tokens, &b->maps, t, err)))
         return s;
     tm->fpn = hadm_now() - t1, t1 = hadm_now();
-    int R = 0;
-    if ((s = rpn_forward(m, c, &b->maps, &g, b->proposals, &R, t, err)))
+    if ((s = rpn_forward(m, c, &b->maps, &j->g, b->proposals, &R, t, err)))
         return s;
     tm->rpn = hadm_now() - t1, t1 = hadm_now();
-    if ((s = roi_heads_forward(m, c, &b->maps, &g, b->proposals, R, b->scores, b->boxes, t, err)))
+    if ((s = roi_heads_forward(m, c, &b->maps, &j->g, b->proposals, R, b->scores, b->boxes, t, err)))
         return s;
     tm->roi_heads = hadm_now() - t1, t1 = hadm_now();
-    if ((s = postprocess_detections(cfg, b->scores, b->boxes, R, &g, res, t, err)))
+    if ((s = postprocess_detections(&m->cfg, b->scores, b->boxes, R, &j->g, j->res, t, err)))
         return s;
-    if (opt && opt->min_score > 0)
-        apply_min_score(res, opt->min_score);
+    if (opt && opt->min_score > 0) {
+        int n = 0;
+        for (int i = 0; i < j->res->count; i++)
+            if (j->res->dets[i].score >= opt->min_score)
+                j->res->dets[n++] = j->res->dets[i];
+        j->res->count = n;
+    }
     tm->postprocess = hadm_now() - t1;
-    tm->total = hadm_now() - t0;
+    j->res->gflop += (ops_ctx_flops(c) - flops0) * 1e-9;
     return HADM_OK;
+}
+
+/* Backbone for jobs[0..n) in one pass, then the heads of each. */
+static void run_chunk(struct hadm_model *m, ops_ctx *c, job **jobs, int n, float *tokens,
+                      head_buffers *b, const hadm_detect_options *opt, const engine_trace *t)
+{
+    const hadm_config *cfg = &m->cfg;
+    size_t per = (size_t)(cfg->img_size / cfg->patch) * (cfg->img_size / cfg->patch) * cfg->embed_dim;
+    const float *chw[VIT_MAX_BATCH];
+    for (int i = 0; i < n; i++)
+        chw[i] = jobs[i]->chw;
+    double t0 = hadm_now(), f0 = ops_ctx_flops(c);
+    hadm_error err = {0};
+    hadm_status s = vit_forward_batch(m, c, chw, n, tokens, t, &err);
+    double share = (hadm_now() - t0) / n, gflop = (ops_ctx_flops(c) - f0) * 1e-9 / n;
+    for (int i = 0; i < n; i++) {
+        job *j = jobs[i];
+        if (s) {
+            j->st = s;
+            j->err = err;
+            continue;
+        }
+        j->res->timings.backbone = share;
+        j->res->gflop = gflop;
+        j->st = heads(m, c, j, tokens + i * per, b, opt, t);
+    }
+}
+
+static hadm_status run_jobs(struct hadm_model *m, job *jobs, int n, const hadm_detect_options *opt,
+                            const engine_trace *t, hadm_error *err)
+{
+    const hadm_config *cfg = &m->cfg;
+    int T = (cfg->img_size / cfg->patch) * (cfg->img_size / cfg->patch);
+    int per_pass = VIT_MAX_ROWS / T > 1 ? VIT_MAX_ROWS / T : 1;
+    per_pass = per_pass > VIT_MAX_BATCH ? VIT_MAX_BATCH : per_pass;
+    for (int i = 0; i < n; i++)
+        jobs[i].st = preprocess(cfg, &jobs[i], opt ? opt->channel_order : HADM_RGB, t);
+    ops_ctx *c = NULL;
+    head_buffers b;
+    float *tokens = malloc((size_t)per_pass * T * cfg->embed_dim * sizeof(float));
+    job **ready = malloc((size_t)per_pass * sizeof *ready);
+    hadm_status s = tokens && ready ? heads_alloc(cfg, &b, err) : hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+    if (!s) {
+        if (!(s = model_ctx_acquire(m, &c, err))) {
+            int k = 0;
+            for (int i = 0; i <= n; i++) {
+                if (i < n && jobs[i].st == HADM_OK)
+                    ready[k++] = &jobs[i];
+                if (k == per_pass || (i == n && k > 0)) {
+                    run_chunk(m, c, ready, k, tokens, &b, opt, t);
+                    k = 0;
+                }
+            }
+            model_ctx_release(m, c);
+        }
+        heads_free(&b);
+    }
+    free(ready);
+    free(tokens);
+    return s;
+}
+
+static void job_finish(job *j, hadm_result **out, hadm_error *err)
+{
+    free(j->chw);
+    if (j->st != HADM_OK) {
+        hadm_result_free(j->res);
+        *out = NULL;
+        if (err)
+            *err = j->err, err->code = j->st;
+        return;
+    }
+    j->res->timings.total = j->res->timings.preprocess + j->res->timings.backbone + j->res->timings.fpn +
+                            j->res->timings.rpn + j->res->timings.roi_heads + j->res->timings.postprocess;
+    *out = j->res;
 }
 
 hadm_status engine_detect(struct hadm_model *m, const hadm_image *img, const hadm_detect_options *opt,
                           const engine_trace *t, hadm_result **out, hadm_error *err)
 {
-    if (!m || !img || !out || !img->rgb || img->width <= 0 || img->height <= 0)
-        return hadm_fail(err, HADM_ERR_ARG, "detect: missing model or empty image");
-    *out = NULL;
-    hadm_result *res = calloc(1, sizeof *res);
-    if (!res)
-        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
-    ops_ctx *c = NULL;
-    forward_buffers b;
-    hadm_status s = buffers_alloc(&m->cfg, &b, err);
-    if (!s) {
-        if (!(s = model_ctx_acquire(m, &c, err))) {
-            ops_ctx_reset_flops(c);
-            s = forward(m, c, img, opt, t, res, &b, err);
-            res->gflop = ops_ctx_flops(c) * 1e-9;
-            model_ctx_release(m, c);
-        }
-        buffers_free(&b);
-    }
+    if (!m || !img || !out)
+        return hadm_fail(err, HADM_ERR_ARG, "detect: missing model or image");
+    job j = {.img = img};
+    hadm_status s = run_jobs(m, &j, 1, opt, t, err);
     if (s) {
-        hadm_result_free(res);
+        free(j.chw);
+        hadm_result_free(j.res);
         return s;
     }
-    *out = res;
-    return HADM_OK;
+    job_finish(&j, out, err);
+    return j.st;
 }
 
 hadm_status hadm_detect(hadm_model *m, const hadm_image *img, const hadm_detect_options *opt,
@@ -148,14 +220,18 @@ hadm_status hadm_detect_batch(hadm_model *m, const hadm_image *imgs, int n,
 {
     if (!m || (!imgs && n > 0) || !results || n < 0)
         return hadm_fail(err, HADM_ERR_ARG, "detect_batch: bad arguments");
+    job *jobs = calloc((size_t)(n ? n : 1), sizeof *jobs);
+    if (!jobs)
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n; i++)
+        jobs[i].img = &imgs[i];
+    hadm_status s = run_jobs(m, jobs, n, opt, NULL, err);
     for (int i = 0; i < n; i++) {
-        hadm_error e = {0};
-        results[i] = NULL;
-        if (engine_detect(m, &imgs[i], opt, NULL, &results[i], &e) != HADM_OK && errs)
-            errs[i] = e;
-        else if (errs)
-            memset(&errs[i], 0, sizeof errs[i]);
+        if (s && jobs[i].st == HADM_OK)
+            jobs[i].st = s, jobs[i].err = *err;
+        job_finish(&jobs[i], &results[i], errs ? &errs[i] : NULL);
     }
+    free(jobs);
     return HADM_OK;
 }
 

@@ -54,6 +54,9 @@ void preprocess_normalize_pad(const hadm_config *cfg, const hadm_image *resized,
 /* vit.c: input CHW [3][S][S] -> tokens [G*G][D] */
 hadm_status vit_forward(const struct hadm_model *m, ops_ctx *c, const float *chw, float *tokens,
                         const engine_trace *t, hadm_error *err);
+/* The same for B images at once: chw[i] -> tokens + i*G*G*D. */
+hadm_status vit_forward_batch(const struct hadm_model *m, ops_ctx *c, const float *const *chw, int B,
+                              float *tokens, const engine_trace *t, hadm_error *err);
 /* fpn.c: tokens -> p2..p6 (maps allocated by the caller via fpn_alloc) */
 hadm_status fpn_alloc(const hadm_config *cfg, fpn_maps *maps, hadm_error *err);
 void fpn_free(fpn_maps *maps);

@@ -1,6 +1,8 @@
 /* EVA-02 ViT backbone (spec MODEL.md section 2), read top to bottom:
  * patch embed -> + pos embed -> L x (attention block, SwiGLU block).
- * Tokens are [G*G][D] row-major (token ty*G + tx). */
+ * Tokens are [G*G][D] row-major (token ty*G + tx) per image; a batch of B
+ * images is B such grids back to back, so every Linear, LayerNorm and the
+ * MLP run once over B*G*G rows and only attention is per image. */
 #include <stdio.h>
 #include <string.h>
 
@@ -12,7 +14,7 @@ enum { BUF_NORM, BUF_Q, BUF_K, BUF_V, BUF_ATTN, BUF_HID_A, BUF_HID_B };
 typedef struct {
     const struct hadm_model *m;
     ops_ctx *c;
-    int G, D, F, T;
+    int G, D, F, T, B;   /* grid side, width, MLP width, tokens per image, images */
     hadm_error *err;
 } vit_run;
 
@@ -25,31 +27,31 @@ static hadm_status linear(vit_run *r, int rows, const float *x, int ldx, const l
     return ops_matmul(r->c, &g, r->err);
 }
 
-/* Non-overlapping P x P patches of the CHW input, flattened (c, ky, kx) to
- * match the conv weight [D][3][P][P], then one matmul. */
-static hadm_status patch_embed(vit_run *r, const float *chw, float *tokens)
+/* Non-overlapping P x P patches of each CHW input, flattened (c, ky, kx) to
+ * match the conv weight [D][3][P][P], then one matmul for the batch. */
+static hadm_status patch_embed(vit_run *r, const float *const *chw, float *tokens)
 {
     const hadm_config *cfg = &r->m->cfg;
     int P = cfg->patch, S = cfg->img_size, K = cfg->in_chans * P * P;
-    float *cols = ops_scratch(r->c, BUF_HID_A, (size_t)r->T * K);
+    float *cols = ops_scratch(r->c, BUF_HID_A, (size_t)r->B * r->T * K);
     if (!cols)
         return hadm_fail(r->err, HADM_ERR_NOMEM, "out of memory");
-    for (int t = 0; t < r->T; t++) {
-        int ty = t / r->G, tx = t % r->G;
-        float *row = cols + (size_t)t * K;
-        for (int ch = 0; ch < cfg->in_chans; ch++)
-            for (int ky = 0; ky < P; ky++)
-                memcpy(row + (ch * P + ky) * P, chw + ((size_t)ch * S + ty * P + ky) * S + tx * P,
-                       (size_t)P * sizeof *row);
-    }
-    return linear(r, r->T, cols, K, &r->m->w.patch, NULL, r->D, K, tokens, r->D, 0);
+    for (int b = 0; b < r->B; b++)
+        for (int t = 0; t < r->T; t++) {
+            int ty = t / r->G, tx = t % r->G;
+            float *row = cols + ((size_t)b * r->T + t) * K;
+            for (int ch = 0; ch < cfg->in_chans; ch++)
+                for (int ky = 0; ky < P; ky++)
+                    memcpy(row + (ch * P + ky) * P, chw[b] + ((size_t)ch * S + ty * P + ky) * S + tx * P,
+                           (size_t)P * sizeof *row);
+        }
+    return linear(r, r->B * r->T, cols, K, &r->m->w.patch, NULL, r->D, K, tokens, r->D, 0);
 }
 
-/* Copies normed tokens into window order (zero-padding the grid to a
- * multiple of the window), or back while adding into the residual. */
+/* Copies one image's normed tokens into window order, zero-padding the grid
+ * to a multiple of the window (spec 2.4: padded tokens are attended to). */
 static void window_partition(const float *x, float *win, int G, int D, int WS, int nw_side)
 {
-    int Gp = nw_side * WS;
     for (int wy = 0; wy < nw_side; wy++)
         for (int wx = 0; wx < nw_side; wx++)
             for (int iy = 0; iy < WS; iy++)
@@ -61,9 +63,9 @@ static void window_partition(const float *x, float *win, int G, int D, int WS, i
                     else
                         memset(dst, 0, (size_t)D * sizeof *dst);
                 }
-    (void)Gp;
 }
 
+/* Adds window-ordered rows back into the residual grid, dropping the padding. */
 static void window_unpartition_add(const float *win, float *x, int G, int D, int WS, int nw_side)
 {
     for (int y = 0; y < G; y++)
@@ -83,17 +85,17 @@ static hadm_status attention_block(vit_run *r, const vit_block_w *b, int global,
     const hadm_weights *w = &r->m->w;
     int D = r->D, WS = cfg->window_size;
     int nw_side = global ? 1 : (r->G + WS - 1) / WS;
-    int unit = global ? r->T : WS * WS, units = global ? 1 : nw_side * nw_side;
-    int rows = unit * units;
+    int unit = global ? r->T : WS * WS, units = r->B * (global ? 1 : nw_side * nw_side);
+    int rows = unit * units, per_image = rows / r->B;
     float *h = ops_scratch(r->c, BUF_NORM, (size_t)rows * D), *q = ops_scratch(r->c, BUF_Q, (size_t)rows * D);
     float *k = ops_scratch(r->c, BUF_K, (size_t)rows * D), *v = ops_scratch(r->c, BUF_V, (size_t)rows * D);
     float *o = ops_scratch(r->c, BUF_ATTN, (size_t)rows * D);
     if (!h || !q || !k || !v || !o)
         return hadm_fail(r->err, HADM_ERR_NOMEM, "out of memory");
     float *normed = global ? h : o;   /* window blocks norm into o, then partition into h */
-    ops_layernorm(r->c, r->T, D, x, D, b->norm1_g, b->norm1_b, cfg->ln_eps, normed, D);
-    if (!global)
-        window_partition(normed, h, r->G, D, WS, nw_side);
+    ops_layernorm(r->c, (int64_t)r->B * r->T, D, x, D, b->norm1_g, b->norm1_b, cfg->ln_eps, normed, D);
+    for (int i = 0; !global && i < r->B; i++)
+        window_partition(normed + (size_t)i * r->T * D, h + (size_t)i * per_image * D, r->G, D, WS, nw_side);
     linear_w qb = {b->q_w, b->q_bias}, vb = {b->v_w, b->v_bias}, kb = {b->k_w, NULL};
     hadm_status s;
     if ((s = linear(r, rows, h, D, &qb, b->q_pk, D, D, q, D, 0)) ||
@@ -114,7 +116,8 @@ static hadm_status attention_block(vit_run *r, const vit_block_w *b, int global,
         return linear(r, rows, o, D, &b->proj, b->proj_pk, D, D, x, D, 1);
     if ((s = linear(r, rows, o, D, &b->proj, b->proj_pk, D, D, h, D, 0)))
         return s;
-    window_unpartition_add(h, x, r->G, D, WS, nw_side);
+    for (int i = 0; i < r->B; i++)
+        window_unpartition_add(h + (size_t)i * per_image * D, x + (size_t)i * r->T * D, r->G, D, WS, nw_side);
     return HADM_OK;
 }
 
@@ -122,44 +125,57 @@ static hadm_status attention_block(vit_run *r, const vit_block_w *b, int global,
 static hadm_status mlp_block(vit_run *r, const vit_block_w *b, float *x)
 {
     const hadm_config *cfg = &r->m->cfg;
-    int D = r->D, F = r->F, T = r->T;
-    float *n = ops_scratch(r->c, BUF_NORM, (size_t)T * D);
-    float *a = ops_scratch(r->c, BUF_HID_A, (size_t)T * F), *g = ops_scratch(r->c, BUF_HID_B, (size_t)T * F);
+    int D = r->D, F = r->F, rows = r->B * r->T;
+    float *n = ops_scratch(r->c, BUF_NORM, (size_t)rows * D);
+    float *a = ops_scratch(r->c, BUF_HID_A, (size_t)rows * F), *g = ops_scratch(r->c, BUF_HID_B, (size_t)rows * F);
     if (!n || !a || !g)
         return hadm_fail(r->err, HADM_ERR_NOMEM, "out of memory");
-    ops_layernorm(r->c, T, D, x, D, b->norm2_g, b->norm2_b, cfg->ln_eps, n, D);
+    ops_layernorm(r->c, rows, D, x, D, b->norm2_g, b->norm2_b, cfg->ln_eps, n, D);
     hadm_status s;
-    if ((s = linear(r, T, n, D, &b->w1, b->w1_pk, F, D, a, F, 0)) ||
-        (s = linear(r, T, n, D, &b->w2, b->w2_pk, F, D, g, F, 0)))
+    if ((s = linear(r, rows, n, D, &b->w1, b->w1_pk, F, D, a, F, 0)) ||
+        (s = linear(r, rows, n, D, &b->w2, b->w2_pk, F, D, g, F, 0)))
         return s;
-    ops_silu_mul(r->c, T, F, a, F, g, F);
-    ops_layernorm(r->c, T, F, a, F, b->ffn_ln_g, b->ffn_ln_b, cfg->ln_eps, a, F);
-    return linear(r, T, a, F, &b->w3, b->w3_pk, D, F, x, D, 1);
+    ops_silu_mul(r->c, rows, F, a, F, g, F);
+    ops_layernorm(r->c, rows, F, a, F, b->ffn_ln_g, b->ffn_ln_b, cfg->ln_eps, a, F);
+    return linear(r, rows, a, F, &b->w3, b->w3_pk, D, F, x, D, 1);
 }
 
-hadm_status vit_forward(const struct hadm_model *m, ops_ctx *c, const float *chw, float *tokens,
-                        const engine_trace *t, hadm_error *err)
+/* Traces image 0 of the batch (the golden tests run one image). */
+static void trace_tokens(const vit_run *r, const engine_trace *t, const char *name, const float *x)
+{
+    int64_t shape[4] = {1, r->G, r->G, r->D};
+    trace_f32(t, name, TRACE_SAME, x, 4, shape);
+}
+
+hadm_status vit_forward_batch(const struct hadm_model *m, ops_ctx *c, const float *const *chw, int B,
+                              float *tokens, const engine_trace *t, hadm_error *err)
 {
     const hadm_config *cfg = &m->cfg;
-    vit_run r = {m, c, cfg->img_size / cfg->patch, cfg->embed_dim, cfg->mlp_hidden, 0, err};
+    vit_run r = {m, c, cfg->img_size / cfg->patch, cfg->embed_dim, cfg->mlp_hidden, 0, B, err};
     r.T = r.G * r.G;
-    int64_t shape[4] = {1, r.G, r.G, r.D};
     hadm_status s = patch_embed(&r, chw, tokens);
     if (s)
         return s;
-    trace_f32(t, "vit.patch_embed", TRACE_SAME, tokens, 4, shape);
+    trace_tokens(&r, t, "vit.patch_embed", tokens);
     if (cfg->use_abs_pos) {
-        trace_f32(t, "vit.pos_embed_resized", TRACE_SAME, m->w.pos_embed, 4, shape);
-        ops_add(c, tokens, m->w.pos_embed, (int64_t)r.T * r.D);
+        trace_tokens(&r, t, "vit.pos_embed_resized", m->w.pos_embed);
+        for (int i = 0; i < B; i++)
+            ops_add(c, tokens + (size_t)i * r.T * r.D, m->w.pos_embed, (int64_t)r.T * r.D);
     }
-    trace_f32(t, "vit.tokens_in", TRACE_SAME, tokens, 4, shape);
+    trace_tokens(&r, t, "vit.tokens_in", tokens);
     for (int i = 0; i < cfg->depth; i++) {
         if ((s = attention_block(&r, &m->w.blocks[i], cfg->is_global[i], tokens)) ||
             (s = mlp_block(&r, &m->w.blocks[i], tokens)))
             return s;
         char name[48];
         snprintf(name, sizeof name, "vit.block%d.out", i);
-        trace_f32(t, name, TRACE_SAME, tokens, 4, shape);
+        trace_tokens(&r, t, name, tokens);
     }
     return HADM_OK;
+}
+
+hadm_status vit_forward(const struct hadm_model *m, ops_ctx *c, const float *chw, float *tokens,
+                        const engine_trace *t, hadm_error *err)
+{
+    return vit_forward_batch(m, c, &chw, 1, tokens, t, err);
 }
