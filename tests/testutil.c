@@ -5,8 +5,16 @@
 
 int tu_passed, tu_failed;
 
+static char tmp_root[256];
+
 int test_finish(void)
 {
+    if (tmp_root[0]) {
+        char cmd[300];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_root);
+        if (system(cmd) != 0)
+            fprintf(stderr, "warning: could not remove %s\n", tmp_root);
+    }
     printf("%d passed, %d failed\n", tu_passed, tu_failed);
     return tu_failed ? 1 : 0;
 }
@@ -41,11 +49,12 @@ unsigned char *test_read_file(const char *path, size_t *len)
 
 const char *test_tmpdir(void)
 {
-    static char dir[256];
-    if (!dir[0]) {
-        snprintf(dir, sizeof dir, "/tmp/hadm-test-XXXXXX");
-        if (!mkdtemp(dir))
+    if (!tmp_root[0]) {
+        snprintf(tmp_root, sizeof tmp_root, "/tmp/hadm-test-XXXXXX");
+        if (!mkdtemp(tmp_root)) {
+            tmp_root[0] = 0;
             return "/tmp";
+        }
     }
-    return dir;
+    return tmp_root;
 }
