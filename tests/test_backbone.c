@@ -74,7 +74,7 @@ int main(void)
     CHECK(n > 0, "no golden cases under %s", test_golden_dir());
     for (int i = 0; i < n; i++) {
         golden_case *gc = &cases[i];
-        char path[700];
+        char path[1200];
         snprintf(path, sizeof path, "%s/model.safetensors", gc->dir);
         hadm_model *m = NULL;
         hadm_error err = {0};

@@ -370,7 +370,7 @@ static void run_case(const golden_case *gc)
 {
     printf("case %s (%s, %dx%d -> %dx%d)\n", gc->name, gc->variant, gc->orig_w, gc->orig_h,
            gc->resized_w, gc->resized_h);
-    char path[700];
+    char path[1200];
     snprintf(path, sizeof path, "%s/model.safetensors", gc->dir);
     hadm_model *m = NULL;
     hadm_error err = {0};
