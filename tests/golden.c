@@ -100,13 +100,19 @@ double *golden_tensor(const golden_case *c, const char *name, int64_t *numel, co
     double *out = malloc((size_t)(t->numel ? t->numel : 1) * sizeof *out);
     if (!out)
         return NULL;
+    /* tensor data is only byte-aligned inside the file: copy each value out */
+    const unsigned char *p = t->data;
     for (int64_t i = 0; i < t->numel; i++) {
+        float f;
+        double d;
+        int64_t l;
+        int32_t w;
         switch (t->dtype) {
-        case ST_F32: out[i] = ((const float *)t->data)[i]; break;
-        case ST_F64: out[i] = ((const double *)t->data)[i]; break;
-        case ST_I64: out[i] = (double)((const int64_t *)t->data)[i]; break;
-        case ST_I32: out[i] = ((const int32_t *)t->data)[i]; break;
-        case ST_U8: out[i] = ((const uint8_t *)t->data)[i]; break;
+        case ST_F32: memcpy(&f, p + 4 * i, 4), out[i] = f; break;
+        case ST_F64: memcpy(&d, p + 8 * i, 8), out[i] = d; break;
+        case ST_I64: memcpy(&l, p + 8 * i, 8), out[i] = (double)l; break;
+        case ST_I32: memcpy(&w, p + 4 * i, 4), out[i] = w; break;
+        case ST_U8: out[i] = p[i]; break;
         default: free(out); return NULL;
         }
     }

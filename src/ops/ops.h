@@ -93,7 +93,8 @@ hadm_status ops_attention(ops_ctx *c, int N, int heads, int hd, float scale, con
 
 /* Greedy NMS with torchvision semantics on xyxy boxes: `order` lists candidate
  * indices by descending score; a later box is suppressed when IoU > thresh
- * (strictly). Writes the kept indices (in order) to keep, returns their count. */
+ * (strictly). Writes the kept indices (in order) to keep, returns their count.
+ * keep must have room for n entries (it doubles as the suppression flags). */
 int ops_nms(const float *boxes, const int *order, int n, float iou_thresh, int *keep);
 
 /* ROIAlign (torchvision roi_align) of one xyxy box on an NHWC map [H][W][C]:
