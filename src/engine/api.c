@@ -96,12 +96,15 @@ static hadm_status heads(struct hadm_model *m, ops_ctx *c, job *j, const float *
     int R = 0;
     if ((s = fpn_forward(m, c, tokens, &b->maps, t, err)))
         return s;
+    ops_scratch_release(c);
     tm->fpn = hadm_now() - t1, t1 = hadm_now();
     if ((s = rpn_forward(m, c, &b->maps, &j->g, b->proposals, &R, t, err)))
         return s;
+    ops_scratch_release(c);
     tm->rpn = hadm_now() - t1, t1 = hadm_now();
     if ((s = roi_heads_forward(m, c, &b->maps, &j->g, b->proposals, R, b->scores, b->boxes, t, err)))
         return s;
+    ops_scratch_release(c);
     tm->roi_heads = hadm_now() - t1, t1 = hadm_now();
     if ((s = postprocess_detections(&m->cfg, b->scores, b->boxes, R, &j->g, j->res, t, err)))
         return s;
@@ -129,6 +132,7 @@ static void run_chunk(struct hadm_model *m, ops_ctx *c, job **jobs, int n, float
     double t0 = hadm_now(), f0 = ops_ctx_flops(c);
     hadm_error err = {0};
     hadm_status s = vit_forward_batch(m, c, chw, n, tokens, t, &err);
+    ops_scratch_release(c);
     double share = (hadm_now() - t0) / n, gflop = (ops_ctx_flops(c) - f0) * 1e-9 / n;
     for (int i = 0; i < n; i++) {
         job *j = jobs[i];

@@ -105,6 +105,10 @@ void ops_roi_align(const float *map, int H, int W, int C, const float box[4], fl
 /* Scratch memory owned by the context, grown on demand, valid until the next
  * call that asks for the same slot. */
 float *ops_scratch(ops_ctx *c, int slot, size_t nfloats);
+/* Returns all scratch memory to the system. Called between pipeline stages:
+ * each stage's buffers are then resident only while it runs, so peak memory
+ * is the largest stage, not the sum of every stage's largest buffers. */
+void ops_scratch_release(ops_ctx *c);
 #define OPS_SCRATCH_SLOTS 8
 #define OPS_SCRATCH_ATTN 7   /* reserved for ops_attention */
 

@@ -7,6 +7,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "ops/cpu/cpu.h"
 #include "util/err.h"
@@ -80,8 +81,7 @@ void ops_ctx_free(ops_ctx *c)
         return;
     for (int i = 0; i < CACHE_SLOTS; i++)
         entry_clear(&c->cache[i]);
-    for (int i = 0; i < OPS_SCRATCH_SLOTS; i++)
-        free(c->slot[i]);
+    ops_scratch_release(c);
     free(c->scratch);
     if (c->stream)
         dnnl_stream_destroy(c->stream);
@@ -95,16 +95,36 @@ double ops_ctx_flops(const ops_ctx *c) { return c->flops; }
 void ops_ctx_reset_flops(ops_ctx *c) { c->flops = 0; }
 void ops_ctx_enter(ops_ctx *c) { omp_set_num_threads(c->threads); }
 
+/* Scratch comes straight from mmap so that releasing it really returns the
+ * pages (malloc would keep large freed blocks in its heap). */
+static void slot_unmap(ops_ctx *c, int slot)
+{
+    if (c->slot[slot])
+        munmap(c->slot[slot], c->slot_cap[slot] * sizeof(float));
+    c->slot[slot] = NULL;
+    c->slot_cap[slot] = 0;
+}
+
 float *ops_scratch(ops_ctx *c, int slot, size_t nfloats)
 {
     if (slot < 0 || slot >= OPS_SCRATCH_SLOTS)
         return NULL;
     if (c->slot_cap[slot] < nfloats) {
-        free(c->slot[slot]);
-        c->slot[slot] = aligned_alloc(64, ((nfloats * sizeof(float)) + 63) & ~(size_t)63);
-        c->slot_cap[slot] = c->slot[slot] ? nfloats : 0;
+        slot_unmap(c, slot);
+        size_t bytes = (nfloats * sizeof(float) + 4095) & ~(size_t)4095;
+        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return NULL;
+        c->slot[slot] = p;
+        c->slot_cap[slot] = bytes / sizeof(float);
     }
     return c->slot[slot];
+}
+
+void ops_scratch_release(ops_ctx *c)
+{
+    for (int i = 0; i < OPS_SCRATCH_SLOTS; i++)
+        slot_unmap(c, i);
 }
 
 static cache_entry *cache_find(ops_ctx *c, const int64_t *key)
