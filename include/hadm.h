@@ -48,6 +48,10 @@ typedef struct {
 
 typedef struct {
     int64_t max_pixels;   /* 0 = default (HADM_DEFAULT_MAX_PIXELS) */
+    /* A JPEG whose data ends early is an error unless this is set; then the
+     * rows decoded so far are kept and the rest is black, as the original
+     * reader does (PIL with LOAD_TRUNCATED_IMAGES). */
+    int allow_truncated;
 } hadm_decode_options;
 
 #define HADM_DEFAULT_MAX_PIXELS (100LL * 1000 * 1000)

@@ -348,9 +348,11 @@ print(gaps[len(gaps) // 2] if gaps else 0.999)")
     expect_error "JPEG truncated in its header" 1 "$T/trunc-head.jpg" -- detect --local "$LM" "$T/trunc-head.jpg"
     expect_error "PNG with a 0x0 header" 1 "$T/zero.png" -- detect --local "$LM" "$T/zero.png"
     expect_error "PNG with a 100000x100000 header" 1 "$T/huge.png" -- detect --local "$LM" "$T/huge.png"
-    # The original sets LOAD_TRUNCATED_IMAGES (spec/MODEL.md): a JPEG cut in
-    # its data decodes, the missing rows black.
-    if run_ok "JPEG truncated in its data" "$T/out.json" -- detect --local "$LM" "$T/trunc.jpg"; then
+    # A JPEG cut in its data is an error by default; --allow-truncated does
+    # what the original does (LOAD_TRUNCATED_IMAGES): it decodes, the missing
+    # rows black.
+    expect_error "JPEG truncated in its data" 1 "$T/trunc.jpg" -- detect --local "$LM" "$T/trunc.jpg"
+    if run_ok "JPEG truncated in its data, --allow-truncated" "$T/out.json" -- detect --allow-truncated --local "$LM" "$T/trunc.jpg"; then
         check "JPEG truncated in its data decodes at its full size" py expr "$T/out.json" json \
             "check_record(d, 'local') is None and [d['height'], d['width']] == json_hw('$GEXP')"
     fi

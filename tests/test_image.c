@@ -487,9 +487,14 @@ static void test_truncated(void)
     blob b = jpeg_encode(rgb, TW, TH, &o);
     hadm_image full = {0}, part = {0};
     CHECK(decode(b, &full, &err) == HADM_OK, "baseline JPEG: %s", err.msg);
-    /* PIL with LOAD_TRUNCATED_IMAGES: rows decoded before the data ran out,
-     * black below. */
+    /* By default a truncated JPEG is an error that says what to do. */
     hadm_status s = hadm_image_decode(b.data, b.len * 6 / 10, NULL, &part, &err);
+    CHECK(s == HADM_ERR_IMAGE && part.rgb == NULL && strstr(err.msg, "truncated") &&
+              strstr(err.msg, "--allow-truncated"), "strict truncated JPEG: %d %s", s, err.msg);
+    /* allow_truncated = PIL with LOAD_TRUNCATED_IMAGES: rows decoded before
+     * the data ran out, black below. */
+    hadm_decode_options lenient = {.allow_truncated = 1};
+    s = hadm_image_decode(b.data, b.len * 6 / 10, &lenient, &part, &err);
     CHECK(s == HADM_OK && part.width == TW && part.height == TH, "truncated JPEG: %s", err.msg);
     if (!s && full.rgb) {
         CHECK(!memcmp(part.rgb, full.rgb, 32 * TW * 3), "first rows of a truncated JPEG differ");

@@ -28,6 +28,7 @@ typedef struct {
     detect_format format;
     hadm_open_options open;
     hadm_detect_options det;
+    hadm_decode_options decode;
     const char **inputs;            /* IMAGE|DIR arguments, in order */
     int ninputs;
 } detect_args;
@@ -48,7 +49,7 @@ static void detect_usage(FILE *out)
             "usage: hadm detect [--models DIR | --local F --global F] [--mode local|global|both]\n"
             "                   [--format json|jsonl|table] [--annotate OUTDIR] [--threads N]\n"
             "                   [--device cpu|cuda[:i]] [--channel-order rgb|bgr]\n"
-            "                   [--min-score S] IMAGE|DIR...\n\n"
+            "                   [--min-score S] [--allow-truncated] IMAGE|DIR...\n\n"
             "Runs HADM-L (local artifacts) and/or HADM-G (global artifacts) on each image and\n"
             "prints the detections in original-image pixels.\n\n"
             "  --models DIR       directory with hadm-l.safetensors / hadm-g.safetensors\n"
@@ -62,7 +63,9 @@ static void detect_usage(FILE *out)
             "  --device D         cpu (default) or cuda[:i]\n"
             "  --channel-order C  rgb (default, what the models were trained on) or bgr\n"
             "                     (reproduces the authors' demo script and Python server)\n"
-            "  --min-score S      drop detections scoring below S (0..1)\n\n"
+            "  --min-score S      drop detections scoring below S (0..1)\n"
+            "  --allow-truncated  decode JPEGs whose data ends early (missing rows black),\n"
+            "                     as the original reader does; by default they are errors\n\n"
             "Directories are searched (recursively) for .jpg/.jpeg/.png/.webp files, in name\n"
             "order. Exit status: 0 ok, 1 some image or model failed, 2 usage error.\n");
 }
@@ -195,6 +198,10 @@ static int parse_args(int argc, char **argv, detect_args *a)
         if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
             detect_usage(stdout);
             return 0;
+        }
+        if (!strcmp(arg, "--allow-truncated")) {
+            a->decode.allow_truncated = 1;
+            continue;
         }
         size_t k = 0, nopt = sizeof VALUE_OPTIONS / sizeof *VALUE_OPTIONS;
         while (k < nopt && !option_value(argc, argv, &i, VALUE_OPTIONS[k], &v))
@@ -439,7 +446,7 @@ static int run_image(detect_run *r, const char *path)
 {
     hadm_image img = {0};
     hadm_error err = {0};
-    if (hadm_image_load(path, NULL, &img, &err) != HADM_OK) {
+    if (hadm_image_load(path, &r->args->decode, &img, &err) != HADM_OK) {
         progress_clear(&r->prog);
         if (strstr(err.msg, path))
             cli_error("%s", err.msg);

@@ -184,7 +184,7 @@ hadm_status hadm_image_decode(const void *bytes, size_t len, const hadm_decode_o
         return s;
     int orientation = 1;
     if (fmt == FMT_JPEG)
-        s = image_jpeg_decode(bytes, len, max_pixels, out, &orientation, err);
+        s = image_jpeg_decode(bytes, len, max_pixels, opt && opt->allow_truncated, out, &orientation, err);
     else if (fmt == FMT_PNG)
         s = image_png_decode(bytes, len, max_pixels, out, &orientation, err);
     else

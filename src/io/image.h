@@ -30,7 +30,7 @@ hadm_status image_orient(hadm_image *img, int orientation, hadm_error *err);
 int exif_orientation(const uint8_t *data, size_t len);
 
 hadm_status image_jpeg_probe(const uint8_t *b, size_t n, int *w, int *h, hadm_error *err);
-hadm_status image_jpeg_decode(const uint8_t *b, size_t n, int64_t max_pixels, hadm_image *out,
+hadm_status image_jpeg_decode(const uint8_t *b, size_t n, int64_t max_pixels, int allow_truncated, hadm_image *out,
                               int *orientation, hadm_error *err);
 
 hadm_status image_png_probe(const uint8_t *b, size_t n, int *w, int *h, hadm_error *err);

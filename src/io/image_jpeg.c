@@ -3,10 +3,12 @@
  * - Default decompression settings (ISLOW IDCT, fancy upsampling): the
  *   same pixels as PIL's libjpeg-turbo.
  * - Like PIL's decoder, the data source *suspends* at the end of the data
- *   instead of inventing an EOI marker. The original sets
- *   LOAD_TRUNCATED_IMAGES, so PIL keeps the rows decoded before the data ran
- *   out (or before a fatal decoder error) and leaves the rest black (0).
- *   We do the same. A file that yields no row at all is an error (PIL would
+ *   instead of inventing an EOI marker. A JPEG that ends early (or hits a
+ *   fatal decoder error) is refused by default: a user screening images
+ *   wants to know the file is damaged. With allow_truncated we do what the
+ *   original does (it sets LOAD_TRUNCATED_IMAGES): keep the rows decoded so
+ *   far and leave the rest black (0). A file that yields no row at all is
+ *   an error either way (PIL would
  *   return an all-black image; that is useless, so we refuse it). This
  *   includes truncated progressive files, whose rows only come out once all
  *   scans have been read.
@@ -35,6 +37,7 @@ typedef struct {
     char msg[JMSG_LENGTH_MAX + 64];
     int created;
     int rows_done;
+    int allow_truncated;
     uint8_t *cmyk_row;
 } jpeg_job;
 
@@ -208,6 +211,16 @@ static void read_rows(jpeg_job *job, hadm_image *out)
     }
 }
 
+static hadm_status truncated(const jpeg_job *job, int height, hadm_error *err)
+{
+    if (job->allow_truncated)
+        return HADM_OK;
+    return hadm_fail(err, HADM_ERR_IMAGE,
+                     "JPEG is truncated or corrupt (%d of %d rows decodable); the original "
+                     "reader accepts such files: use --allow-truncated to do the same",
+                     job->rows_done, height);
+}
+
 static hadm_status decode_body(jpeg_job *job, const uint8_t *b, size_t n, int64_t max_pixels,
                                hadm_image *out, int *orientation, hadm_error *err)
 {
@@ -235,21 +248,22 @@ static hadm_status decode_body(jpeg_job *job, const uint8_t *b, size_t n, int64_
     read_rows(job, out);
     if (job->rows_done == 0)
         return hadm_fail(err, HADM_ERR_IMAGE, "JPEG: data ends before the first row");
-    return HADM_OK;
+    return job->rows_done == out->height ? HADM_OK : truncated(job, out->height, err);
 }
 
-hadm_status image_jpeg_decode(const uint8_t *b, size_t n, int64_t max_pixels, hadm_image *out,
-                              int *orientation, hadm_error *err)
+hadm_status image_jpeg_decode(const uint8_t *b, size_t n, int64_t max_pixels, int allow_truncated,
+                              hadm_image *out, int *orientation, hadm_error *err)
 {
     jpeg_job *job = job_new();
     if (!job)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+    job->allow_truncated = allow_truncated;
     hadm_status s;
     if (setjmp(job->jump)) {
         /* A fatal decoder error. PIL (LOAD_TRUNCATED_IMAGES) keeps the rows
          * decoded so far; with none, there is nothing to keep. */
         if (job->rows_done > 0 && out->rgb)
-            s = HADM_OK;
+            s = truncated(job, out->height, err);
         else
             s = hadm_fail(err, HADM_ERR_IMAGE, "JPEG: %s", job->msg);
     } else {
