@@ -160,6 +160,28 @@ static void retype_fc1(cJSON *root)
     cJSON_ReplaceItemInObject(t, "dtype", cJSON_CreateString("I32"));
 }
 
+static void reshape_rope(cJSON *root)
+{
+    cJSON *t = cJSON_GetObjectItem(root, "backbone.net.rope_win.freqs_cos");
+    cJSON_ReplaceItemInObject(t, "shape", cJSON_Parse("[8,32]"));
+}
+
+/* Stored RoPE tables (golden models carry them) must have the exact shape. */
+static void test_rope_table_shape(void)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/tiny-local/model.safetensors", test_golden_dir());
+    size_t len = 0, n = 0;
+    unsigned char *bytes = test_read_file(path, &len);
+    CHECK(bytes != NULL, "cannot read %s", path);
+    if (!bytes)
+        return;
+    unsigned char *b = with_header(bytes, len, reshape_rope, &n);
+    expect_refused(b, n, "rope_win.freqs_cos' has shape [8,32]", "RoPE table with the wrong shape");
+    free(b);
+    free(bytes);
+}
+
 /* A valid synth file with one tensor edited must name that tensor. */
 static void test_wrong_tensors(void)
 {
@@ -188,5 +210,6 @@ int main(void)
     test_synth_roundtrip();
     test_bad_files();
     test_wrong_tensors();
+    test_rope_table_shape();
     return test_finish();
 }

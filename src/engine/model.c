@@ -142,8 +142,15 @@ static hadm_status make_rope(struct hadm_model *m, const char *name, int Sg, flo
     const st_tensor *tc = st_find(m->file, key);
     snprintf(key, sizeof key, "backbone.net.%s.freqs_sin", name);
     const st_tensor *ts = st_find(m->file, key);
-    if (tc && ts && tc->dtype == ST_F32 && ts->dtype == ST_F32 && tc->numel == (int64_t)n &&
-        ts->numel == (int64_t)n) {
+    if (tc || ts) {
+        int64_t shape[2] = {(int64_t)Sg * Sg, HD};
+        hadm_status s;
+        snprintf(key, sizeof key, "backbone.net.%s.freqs_cos", name);
+        if ((s = check_tensor(tc, key, 2, shape, err)))
+            return s;
+        snprintf(key, sizeof key, "backbone.net.%s.freqs_sin", name);
+        if ((s = check_tensor(ts, key, 2, shape, err)))
+            return s;
         memcpy(cs, tc->data, n * sizeof *cs);
         memcpy(sn, ts->data, n * sizeof *sn);
         return HADM_OK;
