@@ -560,7 +560,7 @@ static void test_bad_input(void)
     uint8_t rgb[64 * 64 * 3];
     gradient(rgb, 64, 64);
     blob b = jpeg_rgb(rgb, 64, 64, 90, NULL, 0);
-    hadm_decode_options opt = {64 * 64 - 1};
+    hadm_decode_options opt = {.max_pixels = 64 * 64 - 1};
     CHECK(hadm_image_decode(b.data, b.len, &opt, &img, &err) == HADM_ERR_TOO_LARGE, "limit-1");
     opt.max_pixels = 64 * 64;
     CHECK(hadm_image_decode(b.data, b.len, &opt, &img, &err) == HADM_OK, "limit: %s", err.msg);
