@@ -293,7 +293,9 @@ if [ -n "$L_CASE" ] && [ -n "$G_CASE" ]; then
     expect_error "--models with --local" 2 "--models" -- detect --models "$T/models" --local "$LM" "$LIMG"
     expect_error "--models missing dir" 1 "$T/nope" -- detect --models "$T/nope" "$LIMG"
     touch "$T/pth/HADM-L_0249999.pth"
-    expect_error "--models with only a .pth" 1 "hadm convert" -- detect --models "$T/pth" "$LIMG"
+    # a models dir with only an original checkpoint uses it (converted through
+    # the cache, test_convert_cli.sh); an empty one is a clear error
+    expect_error "--models with only a broken .pth" 1 "HADM-L_0249999.pth" -- detect --models "$T/pth" "$LIMG"
     expect_error "--local names a HADM-G model" 1 "HADM-G" -- detect --local "$GM" "$LIMG"
 
     # --min-score keeps exactly the expected detections at or above it; S is

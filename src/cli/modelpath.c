@@ -1,5 +1,6 @@
 /* Resolving the model files named on the command line (see modelpath.h). */
 #include "cli/modelpath.h"
+#include "cli/modelcache.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -45,8 +46,8 @@ static char *path_join(const char *dir, const char *name)
     return p;
 }
 
-/* A file named directly by --local/--global must exist, be readable and be
- * in our format; .pth checkpoints need `hadm convert` for now. */
+/* A file named directly by --local/--global must exist and be readable
+ * (safetensors, or an original .pth that modelcache converts once). */
 static int check_named_file(const char *flag, const char *path, char *errbuf, size_t errlen)
 {
     struct stat st;
@@ -58,11 +59,6 @@ static int check_named_file(const char *flag, const char *path, char *errbuf, si
         return fail(MODELPATH_FAIL, errbuf, errlen, "%s: not a regular file", path);
     if (access(path, R_OK) != 0)
         return fail(MODELPATH_FAIL, errbuf, errlen, "%s: %s", path, strerror(errno));
-    if (ends_with_ci(path, ".pth"))
-        return fail(MODELPATH_FAIL, errbuf, errlen,
-                    "%s: original PyTorch checkpoints are not read directly yet; "
-                    "convert it first: hadm convert %s OUT.safetensors",
-                    path, path);
     return MODELPATH_OK;
 }
 
@@ -95,7 +91,8 @@ static char *find_checkpoint(const char *dir, const char *prefix)
     return best;
 }
 
-/* Looks for one variant in dir: the safetensors file, else reports a .pth. */
+/* Looks for one variant in dir: the safetensors file, else the newest
+ * original checkpoint (converted later through the cache). */
 static int find_in_dir(const char *dir, const char *name, const char *pth_prefix, char **out,
                        char *errbuf, size_t errlen)
 {
@@ -111,15 +108,9 @@ static int find_in_dir(const char *dir, const char *name, const char *pth_prefix
     char *pth = find_checkpoint(dir, pth_prefix);
     if (!pth)
         return MODELPATH_OK;
-    char *pth_path = path_join(dir, pth), *st_path = path_join(dir, name);
-    int rc = fail(MODELPATH_FAIL, errbuf, errlen,
-                  "%s holds %s but no %s: original PyTorch checkpoints are not read directly "
-                  "yet; convert it first: hadm convert %s %s",
-                  dir, pth, name, pth_path ? pth_path : pth, st_path ? st_path : name);
+    *out = path_join(dir, pth);
     free(pth);
-    free(pth_path);
-    free(st_path);
-    return rc;
+    return *out ? MODELPATH_OK : fail(MODELPATH_FAIL, errbuf, errlen, "out of memory");
 }
 
 static int resolve_dir(const char *dir, int explicit_dir, char **local_out, char **global_out,
@@ -143,6 +134,19 @@ static int resolve_dir(const char *dir, int explicit_dir, char **local_out, char
                   "no model files in %s (expected %s and/or %s)", dir, MODELPATH_LOCAL_NAME,
                   MODELPATH_GLOBAL_NAME);
     return rc;
+}
+
+/* An original .pth becomes its converted copy in the cache (done once). */
+static int through_cache(char **path, char *errbuf, size_t errlen)
+{
+    if (!*path)
+        return MODELPATH_OK;
+    char *resolved = NULL;
+    if (modelcache_resolve(*path, &resolved, errbuf, errlen) != 0)
+        return MODELPATH_FAIL;
+    free(*path);
+    *path = resolved;
+    return MODELPATH_OK;
 }
 
 int modelpath_resolve(const char *models_dir, const char *local, const char *global,
@@ -177,6 +181,10 @@ int modelpath_resolve(const char *models_dir, const char *local, const char *glo
         }
         rc = resolve_dir(models_dir, explicit_dir, local_out, global_out, errbuf, errlen);
     }
+    if (rc == MODELPATH_OK)
+        rc = through_cache(local_out, errbuf, errlen);
+    if (rc == MODELPATH_OK)
+        rc = through_cache(global_out, errbuf, errlen);
     if (rc != MODELPATH_OK) {
         free(*local_out);
         free(*global_out);

@@ -1,7 +1,8 @@
 /* Where the model files are: `--models DIR` (default $HADM_MODELS, then
  * ./models) holding hadm-l.safetensors / hadm-g.safetensors, or
- * `--local F` / `--global F` naming files directly. Shared by `hadm detect`
- * and `hadm serve`. */
+ * `--local F` / `--global F` naming files directly; an original HADM-L_*.pth /
+ * HADM-G_*.pth checkpoint is accepted too and converted once into the cache
+ * (modelcache.h). Shared by `hadm detect` and `hadm serve`. */
 #ifndef HADM_CLI_MODELPATH_H
 #define HADM_CLI_MODELPATH_H
 
@@ -10,7 +11,7 @@
 enum {
     MODELPATH_OK = 0,     /* at least one model path was found */
     MODELPATH_NONE = 1,   /* the default directory (./models) has no model at all */
-    MODELPATH_FAIL = 2,   /* runtime failure: missing file, unconverted .pth, unreadable dir */
+    MODELPATH_FAIL = 2,   /* runtime failure: missing file, bad .pth, unreadable dir */
     MODELPATH_USAGE = 3   /* bad flag combination (--models with --local/--global) */
 };
 
