@@ -181,17 +181,18 @@ static void take_pixel_stats(struct hadm_model *m)
     }
 }
 
-/* Reorders the ViT's Linear weights once for the 4096-row matmuls they
- * serve (spec 8: they are 80% of the work), then lets the kernel drop the
- * mapped originals so the model is not held twice in memory. */
-static hadm_status pack_vit(struct hadm_model *m, hadm_error *err)
+/* The ViT's Linear weights are 80% of the work (spec 8): they are reordered
+ * once for the 4096-row matmuls they serve, after which the kernel may drop
+ * the mapped originals so the model is not held twice in memory. */
+hadm_status model_pack_block(const struct hadm_model *cm, int i, ops_ctx *ctx, hadm_error *err)
 {
+    struct hadm_model *m = (struct hadm_model *)cm;   /* the pack cache is the mutable part */
     const hadm_config *c = &m->cfg;
     int G = c->img_size / c->patch, D = c->embed_dim, F = c->mlp_hidden;
-    ops_ctx *ctx = NULL;
-    hadm_status s = ops_ctx_new(m->threads, &ctx, err);
-    for (int i = 0; !s && i < c->depth; i++) {
-        vit_block_w *b = &m->w.blocks[i];
+    vit_block_w *b = &m->w.blocks[i];
+    hadm_status s = HADM_OK;
+    pthread_mutex_lock(&m->pack_lock);
+    if (!b->packed && !getenv("HADM_NO_PACK")) {
         struct { const float *w; ops_packed **pk; int n, k; } jobs[7] = {
             {b->q_w, &b->q_pk, D, D},     {b->k_w, &b->k_pk, D, D},   {b->v_w, &b->v_pk, D, D},
             {b->proj.w, &b->proj_pk, D, D}, {b->w1.w, &b->w1_pk, F, D}, {b->w2.w, &b->w2_pk, F, D},
@@ -202,7 +203,8 @@ static hadm_status pack_vit(struct hadm_model *m, hadm_error *err)
                 st_release_pages(m->file, jobs[j].w, (size_t)jobs[j].n * jobs[j].k * sizeof(float));
         }
     }
-    ops_ctx_free(ctx);
+    b->packed = !s;
+    pthread_mutex_unlock(&m->pack_lock);
     return s;
 }
 
@@ -237,7 +239,7 @@ static hadm_status model_prepare(struct hadm_model *m, hadm_error *err)
         (s = make_rope(m, "rope_glb", G, &m->w.rope_glb_cos, &m->w.rope_glb_sin, err)))
         return s;
     take_pixel_stats(m);
-    return pack_vit(m, err);
+    return HADM_OK;
 }
 
 static struct hadm_model *model_new(const hadm_open_options *opt)
@@ -246,6 +248,7 @@ static struct hadm_model *model_new(const hadm_open_options *opt)
     if (!m)
         return NULL;
     pthread_mutex_init(&m->pool_lock, NULL);
+    pthread_mutex_init(&m->pack_lock, NULL);
     m->threads = opt && opt->threads > 0 ? opt->threads : 0;
     return m;
 }
@@ -321,6 +324,7 @@ void hadm_model_close(hadm_model *m)
     st_close(m->file);
     free(m->owned_buf);
     pthread_mutex_destroy(&m->pool_lock);
+    pthread_mutex_destroy(&m->pack_lock);
     free(m);
 }
 

@@ -20,8 +20,10 @@ typedef struct {
     linear_w w1, w2;
     const float *ffn_ln_g, *ffn_ln_b;
     linear_w w3;
-    /* the same weights reordered for the matmul kernel at load (NULL = use the plain ones) */
+    /* the same weights reordered for the matmul kernel on first use (NULL =
+     * use the plain ones); `packed` says it was tried. Guarded by pack_lock. */
     ops_packed *q_pk, *k_pk, *v_pk, *proj_pk, *w1_pk, *w2_pk, *w3_pk;
+    int packed;
 } vit_block_w;
 
 typedef struct {
@@ -65,11 +67,18 @@ struct hadm_model {
     int64_t params;
     pthread_mutex_t pool_lock;
     ctx_slot *free_ctx;
+    pthread_mutex_t pack_lock;
 };
 
 /* Looks up a tensor, checks dtype F32 and the exact shape (ndim values follow). */
 hadm_status model_tensor(const struct hadm_model *m, const char *name, const float **out,
                          hadm_error *err, int ndim, ...);
+
+/* Reorders block i's ViT weights for the matmul kernel the first time the
+ * block runs (thread-safe; later calls return at once). Done lazily so that
+ * opening a model is only mapping and validating: a server is ready in
+ * milliseconds and the first forward pays the ~1 s of packing. */
+hadm_status model_pack_block(const struct hadm_model *m, int i, ops_ctx *c, hadm_error *err);
 
 /* Borrow / return an execution context (thread-safe). */
 hadm_status model_ctx_acquire(struct hadm_model *m, ops_ctx **out, hadm_error *err);

@@ -164,7 +164,8 @@ hadm_status vit_forward_batch(const struct hadm_model *m, ops_ctx *c, const floa
     }
     trace_tokens(&r, t, "vit.tokens_in", tokens);
     for (int i = 0; i < cfg->depth; i++) {
-        if ((s = attention_block(&r, &m->w.blocks[i], cfg->is_global[i], tokens)) ||
+        if ((s = model_pack_block(m, i, c, err)) ||
+            (s = attention_block(&r, &m->w.blocks[i], cfg->is_global[i], tokens)) ||
             (s = mlp_block(&r, &m->w.blocks[i], tokens)))
             return s;
         char name[48];
