@@ -125,8 +125,10 @@ static void test_bad_files(void)
     expect_refused(buf, make_file(buf, "{}", 0), "format", "no metadata");
 }
 
-/* Rebuilds a file with its header JSON edited by `edit`. */
-static unsigned char *with_header(const unsigned char *bytes, size_t len, void (*edit)(cJSON *), size_t *out_len)
+/* Rebuilds a file with its header JSON edited by `edit`, padded with spaces
+ * to a multiple of 8 as writers do (pad = 0) or deliberately misaligned. */
+static unsigned char *with_header_pad(const unsigned char *bytes, size_t len, void (*edit)(cJSON *),
+                                      size_t *out_len, int misalign)
 {
     uint64_t h = 0;
     for (int i = 7; i >= 0; i--)
@@ -135,16 +137,26 @@ static unsigned char *with_header(const unsigned char *bytes, size_t len, void (
     edit(root);
     char *json = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
-    size_t hn = strlen(json), data = len - 8 - (size_t)h;
+    size_t jn = strlen(json), hn = ((jn + 7) & ~(size_t)7) + (misalign ? 1 : 0);
+    size_t data = len - 8 - (size_t)h;
     unsigned char *out = malloc(8 + hn + data);
     for (int i = 0; i < 8; i++)
         out[i] = (unsigned char)((uint64_t)hn >> (8 * i));
-    memcpy(out + 8, json, hn);
+    memset(out + 8, ' ', hn);
+    memcpy(out + 8, json, jn);
     memcpy(out + 8 + hn, bytes + 8 + h, data);
     free(json);
     *out_len = 8 + hn + data;
     return out;
 }
+
+static unsigned char *with_header(const unsigned char *bytes, size_t len, void (*edit)(cJSON *),
+                                  size_t *out_len)
+{
+    return with_header_pad(bytes, len, edit, out_len, 0);
+}
+
+static void no_edit(cJSON *root) { (void)root; }
 
 static void reshape_proj_bias(cJSON *root)
 {
@@ -201,6 +213,9 @@ static void test_wrong_tensors(void)
     expect_refused(b, n, "dtype I32", "wrong dtype");
     free(b);
     expect_refused(bytes, len / 2, "outside", "truncated file");
+    b = with_header_pad(bytes, len, no_edit, &n, 1);
+    expect_refused(b, n, "not 4-byte aligned", "header length leaving the data misaligned");
+    free(b);
     free(bytes);
 }
 

@@ -4,6 +4,7 @@
 #include "engine/model.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,11 @@ static hadm_status check_tensor(const st_tensor *t, const char *name, int ndim,
     if (t->dtype != ST_F32)
         return hadm_fail(err, HADM_ERR_FORMAT, "tensor '%s' has dtype %s, expected F32", name,
                          st_dtype_name(t->dtype));
+    /* The weights are used in place from the mapping, so they must sit on
+     * their element size (writers pad the header to 8 bytes for this). */
+    if ((uintptr_t)t->data % sizeof(float))
+        return hadm_fail(err, HADM_ERR_FORMAT,
+                         "tensor '%s' is not 4-byte aligned in the file (header not padded?)", name);
     int ok = t->ndim == ndim;
     for (int i = 0; ok && i < ndim; i++)
         ok = t->shape[i] == shape[i];
