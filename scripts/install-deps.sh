@@ -14,6 +14,7 @@ PACKAGES=(
   libmicrohttpd-dev           # HTTP server
   curl                        # server integration tests
   python3                     # test helpers (no third-party modules)
+  chromium                    # test: monitor's HTML report renders in a headless browser
 )
 
 missing=()
