@@ -3,9 +3,8 @@
 ceiling or baseline measured in the same run:
 
   startup   exec -> first /health 200 and exec -> /ready 200 (both models)
-  health    /health requests/s with wrk (if installed) or N parallel
-            keep-alive Python clients, next to the same client against a
-            trivial loopback HTTP server (the client's own ceiling)
+  health    /health requests/s with wrk (if installed) or 4 parallel
+            keep-alive Python clients
   overhead  end-to-end latency of /api/v1/detect on a 1024x768 JPEG minus the
             engine time the server reports for the same request (/metrics)
   batching  images/s through /api/v1/detect with 4 concurrent clients,
@@ -18,7 +17,7 @@ Models default to the golden tiny models; pass full-size ones (hadm synth
 every server started here is stopped before the script exits.
 """
 import argparse, http.client, json, os, re, shutil, signal, socket, statistics
-import subprocess, sys, tempfile, threading, time, http.server
+import subprocess, tempfile, threading, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -117,20 +116,6 @@ def bench_startup(a, out):
                       "models": [a.local, a.glob]}
 
 
-class Trivial(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        body = b'{"status":"ok"}'
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 def python_rps(port, seconds, clients):
     count = [0] * clients
     stop = time.monotonic() + seconds
@@ -156,43 +141,46 @@ def wrk_rps(port, seconds):
 
 
 def bench_health(a, out):
+    """Requests/s on /health. The issue's target is absolute (> 20,000/s);
+    the same client against a trivial Python server is no ceiling worth
+    printing (it saturates far below), so none is given."""
     srv = Server(a.bin, ["--local", a.tiny_local])
     try:
         srv.wait_status("/ready")
         if shutil.which("wrk"):
-            ours, tool = wrk_rps(srv.port, 3), "wrk -t2 -c32 -d3s"
+            rps, tool = wrk_rps(srv.port, 3), "wrk -t2 -c32 -d3s"
         else:
-            ours, tool = python_rps(srv.port, 3, 4), "4 python keep-alive clients, 3 s"
+            rps, tool = python_rps(srv.port, 3, 4), "4 python keep-alive clients, 3 s"
     finally:
         srv.stop()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trivial)
-    th = threading.Thread(target=httpd.serve_forever, daemon=True)
-    th.start()
-    try:
-        base = wrk_rps(httpd.server_address[1], 3) if shutil.which("wrk") else \
-            python_rps(httpd.server_address[1], 3, 4)
-    finally:
-        httpd.shutdown()
-    out["health"] = {"rps": ours, "client": tool, "python_http_server_rps": base,
-                     "ratio_to_python_server": ours / base if base else None}
+    out["health"] = {"rps": rps, "client": tool}
 
 
-def make_jpeg(path, w, h):
-    """A 1024x768 test JPEG, written by hadm's own test helpers if PIL is absent."""
-    try:
-        from PIL import Image  # noqa
-        img = Image.new("RGB", (w, h))
-        img.putdata([((x * 7) % 256, (y * 3) % 256, ((x + y) * 5) % 256) for y in range(h) for x in range(w)])
-        img.save(path, quality=90)
-        return path
-    except ImportError:
-        src = os.path.join(GOLDEN, "tiny-global", "landscape_640x427.jpg")
-        shutil.copy(src, path)
-        return path
+def make_jpeg(binary, path, w, h):
+    """A w x h test JPEG without third-party modules: a PNG written with zlib,
+    re-encoded as JPEG by `hadm detect --annotate` (tiny model, any boxes
+    drawn do not matter here)."""
+    import struct, zlib
+    rows = b"".join(b"\0" + bytes(((x * 7) % 256, (y * 3) % 256, ((x + y) * 5) % 256)[c]
+                                   for x in range(w) for c in range(3)) for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    png = os.path.join(os.path.dirname(path), "src.png")
+    with open(png, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) +
+                chunk(b"IDAT", zlib.compress(rows, 6)) + chunk(b"IEND", b""))
+    outdir = os.path.join(os.path.dirname(path), "annotated")
+    tiny = os.path.join(GOLDEN, "tiny-local", "model.safetensors")
+    subprocess.run([binary, "detect", "--local", tiny, "--annotate", outdir, png],
+                   check=True, stdout=subprocess.DEVNULL)
+    made = [f for f in os.listdir(outdir) if f.lower().endswith((".jpg", ".jpeg"))]
+    shutil.move(os.path.join(outdir, made[0]), path)
+    return path
 
 
 def bench_overhead(a, out, tmp):
-    img = make_jpeg(os.path.join(tmp, "img.jpg"), 1024, 768)
+    img = make_jpeg(a.bin, os.path.join(tmp, "img.jpg"), 1024, 768)
     body, ctype = multipart(img)
     srv = Server(a.bin, ["--local", a.local, "--max-batch", "1", "--warmup"])
     try:
