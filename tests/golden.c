@@ -119,3 +119,40 @@ double *golden_tensor(const golden_case *c, const char *name, int64_t *numel, co
     *numel = t->numel;
     return out;
 }
+
+void trace_store_on_tensor(void *user, const char *name, trace_layout layout, const void *data,
+                           int is_int, int ndim, const int64_t *shape)
+{
+    trace_store *st = user;
+    if (st->n >= TRACE_STORE_MAX || ndim > 4)
+        return;
+    traced *t = &st->t[st->n++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->is_int = is_int, t->ndim = ndim, t->rows = ndim ? shape[0] : 1, t->numel = 1;
+    for (int i = 0; i < ndim; i++)
+        t->numel *= (t->shape[i] = shape[i]);
+    t->data = malloc((size_t)(t->numel ? t->numel : 1) * sizeof *t->data);
+    for (int64_t i = 0; t->data && i < t->numel; i++) {
+        int64_t src = i;
+        if (layout == TRACE_NHWC_OF_NCHW) { /* golden index i is (n, c, p) */
+            int64_t C = shape[1], P = shape[2] * shape[3];
+            src = i / (C * P) * C * P + i % P * C + i / P % C;
+        }
+        t->data[i] = is_int ? ((const int32_t *)data)[src] : ((const float *)data)[src];
+    }
+}
+
+const traced *trace_store_find(const trace_store *st, const char *name)
+{
+    for (int i = st->n - 1; i >= 0; i--)
+        if (!strcmp(st->t[i].name, name))
+            return &st->t[i];
+    return NULL;
+}
+
+void trace_store_clear(trace_store *st)
+{
+    for (int i = 0; i < st->n; i++)
+        free(st->t[i].data);
+    st->n = 0;
+}

@@ -22,4 +22,28 @@ void golden_case_free(golden_case *c);
 /* Tensor as float64 (any float/int dtype); NULL if missing. Caller frees. */
 double *golden_tensor(const golden_case *c, const char *name, int64_t *numel, const st_tensor **info);
 
+/* The engine's trace hook collecting every traced tensor, converted to the
+ * golden layout (NHWC maps become NCHW) and to double. */
+#include "engine/engine.h"
+
+#define TRACE_STORE_MAX 400
+
+typedef struct {
+    char name[80];
+    int is_int, ndim;
+    int64_t shape[4], rows, numel;
+    double *data;         /* in the golden tensor's layout */
+} traced;
+
+typedef struct {
+    traced t[TRACE_STORE_MAX];
+    int n;
+} trace_store;
+
+void trace_store_on_tensor(void *user, const char *name, trace_layout layout, const void *data,
+                           int is_int, int ndim, const int64_t *shape);
+/* The latest tensor traced under `name`, or NULL. */
+const traced *trace_store_find(const trace_store *st, const char *name);
+void trace_store_clear(trace_store *st);
+
 #endif

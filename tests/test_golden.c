@@ -18,65 +18,9 @@
 #include "golden.h"
 #include "testutil.h"
 
-#define MAX_TRACED 400
 #define REL_TOL 1e-4
 #define BOX_TOL 0.05
 #define SCORE_TOL 1e-4
-
-typedef struct {
-    char name[64];
-    int ndim;
-    int64_t shape[4];   /* golden layout */
-    int64_t numel;
-    double *data;       /* golden layout */
-} traced;
-
-typedef struct {
-    traced t[MAX_TRACED];
-    int n;
-} trace_store;
-
-static void on_tensor(void *user, const char *name, trace_layout layout, const void *data, int is_int,
-                      int ndim, const int64_t *shape)
-{
-    trace_store *st = user;
-    if (st->n >= MAX_TRACED)
-        return;
-    traced *t = &st->t[st->n++];
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->ndim = ndim;
-    t->numel = 1;
-    for (int i = 0; i < ndim; i++)
-        t->numel *= (t->shape[i] = shape[i]);
-    t->data = malloc((size_t)(t->numel ? t->numel : 1) * sizeof *t->data);
-    if (layout == TRACE_NHWC_OF_NCHW) {   /* shape N,C,H,W; data N,H,W,C */
-        int64_t N = shape[0], C = shape[1], H = shape[2], W = shape[3];
-        const float *src = data;
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t y = 0; y < H; y++)
-                for (int64_t x = 0; x < W; x++)
-                    for (int64_t c = 0; c < C; c++)
-                        t->data[((n * C + c) * H + y) * W + x] = src[((n * H + y) * W + x) * C + c];
-        return;
-    }
-    for (int64_t i = 0; i < t->numel; i++)
-        t->data[i] = is_int ? ((const int32_t *)data)[i] : ((const float *)data)[i];
-}
-
-static const traced *find_traced(const trace_store *st, const char *name)
-{
-    for (int i = 0; i < st->n; i++)
-        if (!strcmp(st->t[i].name, name))
-            return &st->t[i];
-    return NULL;
-}
-
-static void store_free(trace_store *st)
-{
-    for (int i = 0; i < st->n; i++)
-        free(st->t[i].data);
-    st->n = 0;
-}
 
 /* Our tensor subsampled [::2] on the axes where the golden one is halved. */
 static double *subsample(const traced *ours, const st_tensor *g)
@@ -131,7 +75,7 @@ static const traced *ours_for(const compare_ctx *cc, const char *base)
 {
     char full[96];
     snprintf(full, sizeof full, "%s", base);
-    const traced *t = find_traced(cc->st, full);
+    const traced *t = trace_store_find(cc->st, full);
     CHECK(t != NULL, "%s: engine produced no tensor '%s'", cc->gc->name, full);
     return t;
 }
@@ -383,7 +327,7 @@ static void run_case(const golden_case *gc)
     CHECK(hadm_image_load(gc->image, NULL, &img, &err) == HADM_OK, "%s: %s", gc->name, err.msg);
     for (int bgr = 0; bgr < 2 && img.rgb; bgr++) {
         trace_store *st = calloc(1, sizeof *st);
-        engine_trace tr = {on_tensor, st};
+        engine_trace tr = {trace_store_on_tensor, st};
         hadm_detect_options opt = {.channel_order = bgr ? HADM_BGR : HADM_RGB};
         hadm_result *res = NULL;
         hadm_status s = engine_detect(m, &img, &opt, &tr, &res, &err);
@@ -393,7 +337,7 @@ static void run_case(const golden_case *gc)
             compare_run(gc, st, bgr ? "demo_bgr." : "");
         }
         hadm_result_free(res);
-        store_free(st);
+        trace_store_clear(st);
         free(st);
     }
     hadm_image_free(&img);

@@ -187,84 +187,16 @@ static void test_postprocess(void)
 
 /* -------------------------------------------------------------- golden -- */
 
-typedef struct {
-    char name[80];
-    int is_int;
-    int64_t rows, numel;
-    double *v;            /* in the golden tensor's layout */
-} traced;
-
-typedef struct {
-    traced t[96];
-    int n;
-} store;
-
-static void on_tensor(void *user, const char *name, trace_layout layout, const void *data, int is_int,
-                      int ndim, const int64_t *shape)
-{
-    store *st = user;
-    if (st->n == 96)
-        return;
-    traced *t = &st->t[st->n++];
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->is_int = is_int, t->rows = ndim ? shape[0] : 1, t->numel = 1;
-    for (int i = 0; i < ndim; i++)
-        t->numel *= shape[i];
-    t->v = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(double));
-    for (int64_t i = 0; i < t->numel; i++) {
-        int64_t src = i;
-        if (layout == TRACE_NHWC_OF_NCHW) { /* golden index i is (n, c, p) */
-            int64_t C = shape[1], P = shape[2] * shape[3];
-            src = i / (C * P) * C * P + i % P * C + i / P % C;
-        }
-        t->v[i] = is_int ? ((const int32_t *)data)[src] : ((const float *)data)[src];
-    }
-}
-
-static const traced *find(const store *st, const char *name)
-{
-    for (int i = st->n - 1; i >= 0; i--)
-        if (!strcmp(st->t[i].name, name))
-            return &st->t[i];
-    return NULL;
-}
-
-static void store_clear(store *st)
-{
-    for (int i = 0; i < st->n; i++)
-        free(st->t[i].v);
-    st->n = 0;
-}
-
-/* golden_tensor, except that I64 tensors (not 8-byte aligned in the file)
- * are read with memcpy, which UBSan accepts. */
-static double *gt(const golden_case *gc, const char *name, int64_t *n, const st_tensor **info)
-{
-    const st_tensor *t = st_find(gc->expected, name);
-    if (!t || t->dtype != ST_I64)
-        return golden_tensor(gc, name, n, info);
-    if (info)
-        *info = t;
-    double *out = malloc((size_t)(t->numel ? t->numel : 1) * sizeof *out);
-    for (int64_t i = 0; out && i < t->numel; i++) {
-        int64_t v;
-        memcpy(&v, (const char *)t->data + i * 8, 8);
-        out[i] = (double)v;
-    }
-    *n = t->numel;
-    return out;
-}
-
-static void cmp_rel_l2(const golden_case *gc, const store *st, const char *name)
+static void cmp_rel_l2(const golden_case *gc, const trace_store *st, const char *name)
 {
     int64_t n = 0;
-    double *g = gt(gc, name, &n, NULL);
-    const traced *t = find(st, name);
+    double *g = golden_tensor(gc, name, &n, NULL);
+    const traced *t = trace_store_find(st, name);
     CHECK(g && t && t->numel == n, "%s: %s missing or wrong size", gc->name, name);
     if (g && t && t->numel == n) {
         double num = 0, den = 0;
         for (int64_t i = 0; i < n; i++)
-            num += (t->v[i] - g[i]) * (t->v[i] - g[i]), den += g[i] * g[i];
+            num += (t->data[i] - g[i]) * (t->data[i] - g[i]), den += g[i] * g[i];
         double rel = sqrt(num / (den > 0 ? den : 1));
         printf("  %-36s rel_l2 %.2e\n", name, rel);
         CHECK(rel <= 1e-4, "%s: %s rel L2 %.3e", gc->name, name, rel);
@@ -275,13 +207,13 @@ static void cmp_rel_l2(const golden_case *gc, const store *st, const char *name)
 /* Row-wise: row r of ours against golden row map[r] (ours -> golden), rows
  * excluded when fragile at this stage or earlier (mask); ints compare exactly,
  * floats within 1e-3 * max(1, RMS of the golden tensor). */
-static void cmp_rows(const golden_case *gc, const store *st, const char *name, const int *map,
+static void cmp_rows(const golden_case *gc, const trace_store *st, const char *name, const int *map,
                      const uint8_t *fragile, int mask)
 {
     int64_t n = 0;
     const st_tensor *info;
-    double *g = gt(gc, name, &n, &info);
-    const traced *t = find(st, name);
+    double *g = golden_tensor(gc, name, &n, &info);
+    const traced *t = trace_store_find(st, name);
     CHECK(g && t && t->numel <= n, "%s: %s missing or too large", gc->name, name);
     if (g && t && t->numel <= n && info->shape[0] > 0) {
         int64_t cols = n / info->shape[0], used = 0;
@@ -295,7 +227,7 @@ static void cmp_rows(const golden_case *gc, const store *st, const char *name, c
                 continue;
             used++;
             for (int64_t k = 0; k < cols; k++)
-                worst = fmax(worst, fabs(t->v[r * cols + k] - g[gr * cols + k]));
+                worst = fmax(worst, fabs(t->data[r * cols + k] - g[gr * cols + k]));
         }
         printf("  %-36s max_abs %.2e (tol %.1e, %lld rows)\n", name, worst, tol, (long long)used);
         CHECK(worst <= tol && used > 0, "%s: %s max abs %.3e > %.3e", gc->name, name, worst, tol);
@@ -304,11 +236,11 @@ static void cmp_rows(const golden_case *gc, const store *st, const char *name, c
 }
 
 /* Proposals as a set: each of ours to the golden box within 1e-3 px. */
-static int *match_proposals(const golden_case *gc, const store *st, int *R)
+static int *match_proposals(const golden_case *gc, const trace_store *st, int *R)
 {
     int64_t n = 0;
-    double *g = gt(gc, "rpn.proposals.boxes", &n, NULL);
-    const traced *t = find(st, "rpn.proposals.boxes");
+    double *g = golden_tensor(gc, "rpn.proposals.boxes", &n, NULL);
+    const traced *t = trace_store_find(st, "rpn.proposals.boxes");
     int ok = g && t && t->numel == n;
     CHECK(ok, "%s: proposal count %lld vs golden %lld", gc->name, t ? (long long)t->rows : -1LL,
           (long long)n / 4);
@@ -319,7 +251,7 @@ static int *match_proposals(const golden_case *gc, const store *st, int *R)
         for (int64_t j = 0; j < n / 4 && map[r] < 0; j++) {
             double d = 0;
             for (int k = 0; k < 4; k++)
-                d = fmax(d, fabs(t->v[r * 4 + k] - g[j * 4 + k]));
+                d = fmax(d, fabs(t->data[r * 4 + k] - g[j * 4 + k]));
             if (d <= 1e-3)
                 map[r] = (int)j;
         }
@@ -337,7 +269,7 @@ static int *match_proposals(const golden_case *gc, const store *st, int *R)
 
 /* Final detections: count, classes and order; boxes within 0.05 resized px
  * (scaled for original pixels), scores within 1e-4. */
-static void cmp_dets(const golden_case *gc, const store *st, const char *prefix, const char *label)
+static void cmp_dets(const golden_case *gc, const trace_store *st, const char *prefix, const char *label)
 {
     char name[96];
     double scale = strcmp(prefix, "det") ? 1.0 : fmax((double)gc->orig_w / gc->resized_w,
@@ -347,13 +279,13 @@ static void cmp_dets(const golden_case *gc, const store *st, const char *prefix,
     for (int p = 0; p < 3; p++) {
         snprintf(name, sizeof name, "%s.%s", prefix, part[p]);
         int64_t n = 0;
-        double *g = gt(gc, name, &n, NULL);
-        const traced *t = find(st, name);
+        double *g = golden_tensor(gc, name, &n, NULL);
+        const traced *t = trace_store_find(st, name);
         CHECK(g && t && t->numel == n, "%s %s: %s has %lld values, golden %lld", gc->name, label, name,
               t ? (long long)t->numel : -1LL, (long long)n);
         double worst = 0;
         for (int64_t i = 0; g && t && t->numel == n && i < n; i++)
-            worst = fmax(worst, fabs(t->v[i] - g[i]));
+            worst = fmax(worst, fabs(t->data[i] - g[i]));
         printf("  %-36s %lld values, max_abs %.2e (tol %.0e)\n", name, (long long)n, worst, tol[p]);
         CHECK(worst <= tol[p], "%s %s: %s off by %.3e", gc->name, label, name, worst);
         free(g);
@@ -362,7 +294,7 @@ static void cmp_dets(const golden_case *gc, const store *st, const char *prefix,
 
 static float *golden_f32(const golden_case *gc, const char *name, int64_t *n)
 {
-    double *g = gt(gc, name, n, NULL);
+    double *g = golden_tensor(gc, name, n, NULL);
     float *f = g ? malloc((size_t)(*n ? *n : 1) * sizeof *f) : NULL;
     for (int64_t i = 0; f && i < *n; i++)
         f[i] = (float)g[i];
@@ -379,7 +311,7 @@ static int load_pyramid(const golden_case *gc, fpn_maps *maps)
         snprintf(name, sizeof name, "fpn.p%d", l + 2);
         int64_t n = 0;
         const st_tensor *info;
-        double *g = gt(gc, name, &n, &info);
+        double *g = golden_tensor(gc, name, &n, &info);
         int H = maps->h[l], W = maps->w[l], C = maps->C;
         if (g && n == (int64_t)C * H * W && info->shape[2] == H) {
             for (int64_t i = 0; i < n; i++)
@@ -391,11 +323,11 @@ static int load_pyramid(const golden_case *gc, fpn_maps *maps)
     return full;
 }
 
-static void run_heads(const golden_case *gc, hadm_model *m, ops_ctx *c, fpn_maps *maps, store *st)
+static void run_heads(const golden_case *gc, hadm_model *m, ops_ctx *c, fpn_maps *maps, trace_store *st)
 {
     const hadm_config *cfg = &m->cfg;
     image_geom geom = {gc->orig_w, gc->orig_h, gc->resized_w, gc->resized_h};
-    engine_trace tr = {on_tensor, st};
+    engine_trace tr = {trace_store_on_tensor, st};
     hadm_error err = {0};
     int64_t np = 0, nf = 0;
     float *gprop = golden_f32(gc, "rpn.proposals.boxes", &np);
@@ -425,7 +357,7 @@ static void run_heads(const golden_case *gc, hadm_model *m, ops_ctx *c, fpn_maps
     if (map)
         cmp_rows(gc, st, "rpn.proposals.objectness_logits", map, NULL, 0);
     free(map);
-    store_clear(st);
+    trace_store_clear(st);
 
     printf(" cascade on the golden proposals (%d)\n", R);
     CHECK(gprop && R <= Rmax, "%s: golden proposals missing", gc->name);
@@ -440,7 +372,7 @@ static void run_heads(const golden_case *gc, hadm_model *m, ops_ctx *c, fpn_maps
             }
         cmp_rows(gc, st, "roi.scores_mean", NULL, fragile, 0xff);
     }
-    store_clear(st);
+    trace_store_clear(st);
 
     printf(" chained: pyramid -> proposals -> cascade -> detections\n");
     hadm_result res = {0};
@@ -451,7 +383,7 @@ static void run_heads(const golden_case *gc, hadm_model *m, ops_ctx *c, fpn_maps
     cmp_dets(gc, st, "det.resized", "chained");
     cmp_dets(gc, st, "det", "chained");
     free(res.dets);
-    store_clear(st);
+    trace_store_clear(st);
     free(gprop);
     free(fragile);
     free(prop);
@@ -460,14 +392,14 @@ static void run_heads(const golden_case *gc, hadm_model *m, ops_ctx *c, fpn_maps
 }
 
 /* Post-processing of the golden cascade output: runs for every case. */
-static void run_postprocess(const golden_case *gc, const hadm_config *cfg, store *st)
+static void run_postprocess(const golden_case *gc, const hadm_config *cfg, trace_store *st)
 {
     printf(" post-processing of the golden cascade output\n");
     int64_t ns = 0, nb = 0;
     float *sc = golden_f32(gc, "roi.scores_mean.f64", &ns);
     float *bx = golden_f32(gc, "roi.stage2.pred_boxes", &nb);
     image_geom geom = {gc->orig_w, gc->orig_h, gc->resized_w, gc->resized_h};
-    engine_trace tr = {on_tensor, st};
+    engine_trace tr = {trace_store_on_tensor, st};
     hadm_result res = {0};
     hadm_error err = {0};
     int R = (int)(nb / 4);
@@ -480,11 +412,11 @@ static void run_postprocess(const golden_case *gc, const hadm_config *cfg, store
     free(res.dets);
     free(sc);
     free(bx);
-    store_clear(st);
+    trace_store_clear(st);
 }
 
 /* Without full p2/p3: the RPN head on the levels that are stored whole. */
-static void run_partial_rpn(const golden_case *gc, hadm_model *m, ops_ctx *c, const fpn_maps *maps, store *st)
+static void run_partial_rpn(const golden_case *gc, hadm_model *m, ops_ctx *c, const fpn_maps *maps, trace_store *st)
 {
     int A = m->cfg.num_anchors;
     for (int l = 0; l < 5; l++) {
@@ -500,12 +432,12 @@ static void run_partial_rpn(const golden_case *gc, hadm_model *m, ops_ctx *c, co
         hadm_error err = {0};
         CHECK(rpn_head_level(m, c, maps->map[l], H, W, lg, dl, &err) == HADM_OK, "%s", err.msg);
         int64_t shape[4] = {1, A, H, W};
-        on_tensor(st, name, TRACE_NHWC_OF_NCHW, lg, 0, 4, shape);
+        trace_store_on_tensor(st, name, TRACE_NHWC_OF_NCHW, lg, 0, 4, shape);
         cmp_rel_l2(gc, st, name);
         free(lg);
         free(dl);
     }
-    store_clear(st);
+    trace_store_clear(st);
 }
 
 static void run_case(const golden_case *gc)
@@ -520,7 +452,7 @@ static void run_case(const golden_case *gc)
     printf("case %s (%s)\n", gc->name, gc->variant);
     ops_ctx *c = NULL;
     fpn_maps maps;
-    static store st;
+    static trace_store st;
     if (model_ctx_acquire(m, &c, &err) == HADM_OK && fpn_alloc(&m->cfg, &maps, &err) == HADM_OK) {
         int full = load_pyramid(gc, &maps);
         if (full == 5) {
