@@ -234,6 +234,9 @@ fail:
     return s;
 }
 
+static hadm_status reorder_into(ops_ctx *c, const dnnl_memory_desc_t *from_md, const void *src,
+                                const dnnl_memory_desc_t *to_md, void *dst, hadm_error *err);
+
 struct ops_packed {
     int M, N, K;
     dnnl_memory_desc_t md;
@@ -246,9 +249,7 @@ hadm_status ops_pack_weights(ops_ctx *c, int M, int N, int K, const float *w, op
 {
     *out = NULL;
     hadm_status s = HADM_OK;
-    dnnl_primitive_desc_t pd = NULL, rpd = NULL;
-    dnnl_primitive_t r = NULL;
-    dnnl_memory_t from = NULL, to = NULL;
+    dnnl_primitive_desc_t pd = NULL;
     ops_packed *p = calloc(1, sizeof *p);
     if (!p)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
@@ -268,25 +269,11 @@ hadm_status ops_pack_weights(ops_ctx *c, int M, int N, int K, const float *w, op
         s = hadm_fail(err, HADM_ERR_NOMEM, "out of memory (packed weights)");
         goto fail;
     }
-    DNNL_TRY(dnnl_reorder_primitive_desc_create(&rpd, &user, c->eng, &p->md, c->eng, NULL), "reorder");
-    DNNL_TRY(dnnl_primitive_create(&r, rpd), "reorder");
-    DNNL_TRY(dnnl_memory_create(&from, &user, c->eng, (void *)w), "memory");
-    DNNL_TRY(dnnl_memory_create(&to, &p->md, c->eng, p->data), "memory");
-    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
-    omp_set_num_threads(c->threads);
-    DNNL_TRY(dnnl_primitive_execute(r, c->stream, 2, args), "reorder");
-    DNNL_TRY(dnnl_stream_wait(c->stream), "wait");
+    if ((s = reorder_into(c, &user, w, &p->md, p->data, err)))
+        goto fail;
     *out = p;
     p = NULL;
 fail:
-    if (from)
-        dnnl_memory_destroy(from);
-    if (to)
-        dnnl_memory_destroy(to);
-    if (r)
-        dnnl_primitive_destroy(r);
-    if (rpd)
-        dnnl_primitive_desc_destroy(rpd);
     if (pd)
         dnnl_primitive_desc_destroy(pd);
     ops_packed_free(p);
@@ -369,23 +356,20 @@ hadm_status ops_matmul_batched(ops_ctx *c, const ops_gemm *g, int batch, int64_t
 }
 
 /* Reorders PyTorch OIHW weights into the layout the primitive chose, once. */
-static hadm_status conv_pack_weights(ops_ctx *c, cache_entry *e, const ops_conv *p, hadm_error *err)
+/* Reorders PyTorch OIHW weights into the layout the primitive chose, once. */
+/* Copies weights from the user's plain layout into the one a primitive
+ * chose (once per weight; the result is kept). */
+static hadm_status reorder_into(ops_ctx *c, const dnnl_memory_desc_t *from_md, const void *src,
+                                const dnnl_memory_desc_t *to_md, void *dst, hadm_error *err)
 {
     hadm_status s = HADM_OK;
     dnnl_primitive_desc_t rpd = NULL;
     dnnl_primitive_t r = NULL;
     dnnl_memory_t from = NULL, to = NULL;
-    dnnl_memory_desc_t user_md;
-    dnnl_dims_t wd = {p->Cout, p->Cin, p->kh, p->kw};
-    const dnnl_memory_desc_t *want = dnnl_primitive_desc_query_md(e->pd, dnnl_query_weights_md, 0);
-    size_t bytes = dnnl_memory_desc_get_size(want);
-    if (!(e->packed_w = aligned_alloc(64, (bytes + 63) & ~(size_t)63)))
-        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (conv weights)");
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&user_md, 4, wd, dnnl_f32, dnnl_oihw), "md");
-    DNNL_TRY(dnnl_reorder_primitive_desc_create(&rpd, &user_md, c->eng, want, c->eng, NULL), "reorder");
+    DNNL_TRY(dnnl_reorder_primitive_desc_create(&rpd, from_md, c->eng, to_md, c->eng, NULL), "reorder");
     DNNL_TRY(dnnl_primitive_create(&r, rpd), "reorder");
-    DNNL_TRY(dnnl_memory_create(&from, &user_md, c->eng, (void *)p->w), "memory");
-    DNNL_TRY(dnnl_memory_create(&to, want, c->eng, e->packed_w), "memory");
+    DNNL_TRY(dnnl_memory_create(&from, from_md, c->eng, (void *)src), "memory");
+    DNNL_TRY(dnnl_memory_create(&to, to_md, c->eng, dst), "memory");
     dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
     omp_set_num_threads(c->threads);
     DNNL_TRY(dnnl_primitive_execute(r, c->stream, 2, args), "reorder");
@@ -399,6 +383,22 @@ fail:
         dnnl_primitive_destroy(r);
     if (rpd)
         dnnl_primitive_desc_destroy(rpd);
+    return s;
+}
+
+/* Reorders PyTorch OIHW weights into the layout the primitive chose, once. */
+static hadm_status conv_pack_weights(ops_ctx *c, cache_entry *e, const ops_conv *p, hadm_error *err)
+{
+    hadm_status s = HADM_OK;
+    dnnl_memory_desc_t user_md;
+    dnnl_dims_t wd = {p->Cout, p->Cin, p->kh, p->kw};
+    const dnnl_memory_desc_t *want = dnnl_primitive_desc_query_md(e->pd, dnnl_query_weights_md, 0);
+    size_t bytes = dnnl_memory_desc_get_size(want);
+    if (!(e->packed_w = aligned_alloc(64, (bytes + 63) & ~(size_t)63)))
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (conv weights)");
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&user_md, 4, wd, dnnl_f32, dnnl_oihw), "md");
+    return reorder_into(c, &user_md, p->w, want, e->packed_w, err);
+fail:
     return s;
 }
 
