@@ -319,6 +319,18 @@ check "bad model: 503 says it failed to load" grep -q "HADM-L failed to load" "$
 expect "bad model: global detect still 200" 200 "$(req "$T/e" -F "file=@$IMG2" "$URL/api/v1/detect?mode=global")"
 stop_server TERM
 
+# ---- truncated JPEGs: 400 by default, decoded with --allow-truncated (as the original) -----
+python3 -c "import sys; d=open(sys.argv[1],'rb').read(); open(sys.argv[2],'wb').write(d[:len(d)//2])" "$IMG2" "$T/half.jpg"
+start_server --local "$L" || exit 1
+check "/ready" wait_ready 10
+expect "JPEG cut in its data -> 400" 400 "$(req "$T/e" -F "file=@$T/half.jpg" "$URL/api/v1/detect?mode=local")"
+check "the 400 says how to accept it" grep -q "allow-truncated" "$T/e"
+stop_server TERM
+start_server --local "$L" --allow-truncated || exit 1
+check "/ready (--allow-truncated)" wait_ready 10
+expect "--allow-truncated: JPEG cut in its data -> 200" 200 "$(req "$T/e" -F "file=@$T/half.jpg" "$URL/api/v1/detect?mode=local")"
+stop_server TERM
+
 # ---- no model files: demo models ----------------------------------------------------------
 mkdir -p "$T/empty_cwd"
 rm -f "$T/port"

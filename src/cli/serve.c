@@ -50,6 +50,8 @@ static const char USAGE[] =
     "                        (default 100000000)\n"
     "  --max-batch-images N  images in one /detect/batch request (default 64)\n"
     "  --min-score S         drop detections scoring below S (default 0: none)\n"
+    "  --allow-truncated     decode JPEGs whose data ends early (rest black), as the\n"
+    "                        original reader does; by default they are a 400\n"
     "  --warmup              run one image through each model after loading\n"
     "  --cors-origin O       send Access-Control-Allow-Origin: O (default: no CORS)\n"
     "  --url-allow HOST      enable /api/v1/detect-url for HOST (repeatable)\n"
@@ -144,6 +146,8 @@ static int parse_args(int argc, char **argv, serve_opts *o)
             o->sch.lazy = o->srv.lazy = 1, takes = 0;
         else if (!strcmp(a, "--preload"))
             o->preload = 1, takes = 0;
+        else if (!strcmp(a, "--allow-truncated"))
+            o->sch.allow_truncated = 1, takes = 0;
         else if (!strcmp(a, "--warmup"))
             o->warmup = 1, takes = 0;
         else if (!val) {

@@ -154,7 +154,8 @@ static void decode_once(sched *s, int idx, sched_job *job)
     pthread_mutex_lock(&job->lock);
     if (!job->decoded) {
         job->decoded = 1;
-        hadm_decode_options opt = {.max_pixels = s->cfg.max_pixels};
+        hadm_decode_options opt = {.max_pixels = s->cfg.max_pixels,
+                                   .allow_truncated = s->cfg.allow_truncated};
         double t0 = hadm_now();
         job->decode_status = hadm_image_decode(job->bytes, job->len, &opt, &job->image, &job->decode_err);
         if (!job->decode_status) {

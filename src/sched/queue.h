@@ -73,6 +73,7 @@ typedef struct {
     int lazy;               /* load a model on the first job that needs it */
     int concurrent;         /* models may compute at the same time */
     int64_t max_pixels;
+    int allow_truncated;    /* decode truncated JPEGs as the original reader does */
     hadm_detect_options detect;
 } sched_config;
 
