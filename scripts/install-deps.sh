@@ -12,6 +12,7 @@ PACKAGES=(
   libwebp-dev                 # WebP decode
   libexif-dev                 # EXIF orientation
   libmicrohttpd-dev           # HTTP server
+  libcurl4-openssl-dev        # server: /api/v1/detect-url fetches (off unless allowed)
   curl                        # server integration tests
   python3                     # test helpers (no third-party modules)
   chromium                    # test: monitor's HTML report renders in a headless browser

@@ -31,7 +31,8 @@ stop_server() { # stop_server [signal]: stops the server, sets SERVER_RC
     SERVER_RC=$?
     PID=""
 }
-cleanup() { stop_server KILL; rm -rf "$T"; }
+FETCH_PIDS=""  # helper servers of the detect-url section
+cleanup() { stop_server KILL; for p in $FETCH_PIDS; do kill "$p" 2>/dev/null; done; rm -rf "$T"; }
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
@@ -241,7 +242,8 @@ expect "CORS preflight 204 without a key" 204 "$(req "$T/s" -X OPTIONS "$URL/api
 check "CORS preflight allows X-API-Key" grep -qi "^Access-Control-Allow-Headers:.*X-API-Key" "$T/s.h"
 req "$T/s" "$URL/health" >/dev/null
 check "CORS origin on answers" grep -qi "^Access-Control-Allow-Origin: https://ui.example" "$T/s.h"
-expect "detect-url with an allow-list -> 501 (fetch not built)" 501 "$(req "$T/s" -H 'X-API-Key: secret-one' -H 'Content-Type: application/json' -d '{"image_url":"http://images.example/a.jpg"}' "$URL/api/v1/detect-url")"
+expect "detect-url with a key, host not on the allow-list -> 403" 403 "$(req "$T/s" -H 'X-API-Key: secret-one' -H 'Content-Type: application/json' -d '{"image_url":"http://other.example/a.jpg"}' "$URL/api/v1/detect-url")"
+check "the 403 names the allow-list" grep -q "not on the --url-allow list" "$T/s"
 stop_server TERM
 check "keys never logged" bash -c "! grep -q secret- '$T/server.log'"
 
@@ -330,6 +332,63 @@ start_server --local "$L" --allow-truncated || exit 1
 check "/ready (--allow-truncated)" wait_ready 10
 expect "--allow-truncated: JPEG cut in its data -> 200" 200 "$(req "$T/e" -F "file=@$T/half.jpg" "$URL/api/v1/detect?mode=local")"
 stop_server TERM
+
+# ---- detect-url: fetching from an allowed loopback server ------------------------------------
+# A static file server (python3 -m http.server) and a listener that never answers, both on
+# loopback with ports chosen by the kernel; each is bounded by `timeout` and killed by the trap.
+mkdir -p "$T/www/sub"
+cp "$IMG2" "$T/www/img.jpg"
+cp "$T/notes.txt" "$T/www/notes.txt"
+cp "$T/big.bin" "$T/www/big.bin"                                   # 3 MiB, over --max-body-mb 2
+timeout 300 python3 -u -m http.server --bind 127.0.0.1 0 --directory "$T/www" >"$T/www.log" 2>&1 &
+FETCH_PIDS="$FETCH_PIDS $!"
+timeout 300 python3 -u -c "import socket,time
+s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(16); print(s.getsockname()[1], flush=True); time.sleep(300)" >"$T/mute.port" &
+FETCH_PIDS="$FETCH_PIDS $!"
+CLOSED=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
+for _ in $(seq 1 100); do grep -q "port" "$T/www.log" && [ -s "$T/mute.port" ] && break; sleep 0.05; done
+WWW_PORT=$(sed -n 's/.* port \([0-9]*\) .*/\1/p' "$T/www.log" | head -1)
+MUTE_PORT=$(cat "$T/mute.port")
+WWW="http://127.0.0.1:$WWW_PORT"
+url_req() { # url_req OUT URL [curl args...]: POSTs {"image_url": URL, "mode": "local"}
+    local out=$1 u=$2; shift 2
+    req "$out" -H 'Content-Type: application/json' -d "{\"image_url\":\"$u\",\"mode\":\"local\"}" "$@" \
+        "$URL/api/v1/detect-url"
+}
+if [ -z "$WWW_PORT" ] || [ -z "$MUTE_PORT" ]; then
+    fail "detect-url: helper servers did not start"
+else
+    start_server --local "$L" --max-body-mb 2 --url-allow 127.0.0.1 --url-allow files.example.invalid || exit 1
+    check "detect-url: /ready" wait_ready 10
+    expect "detect-url image -> 200" 200 "$(url_req "$T/u_img" "$WWW/img.jpg")"
+    expect "same image uploaded -> 200" 200 "$(req "$T/u_up" -F "file=@$IMG2" "$URL/api/v1/detect?mode=local")"
+    check "detect-url equals the multipart upload" $PY same "$T/u_img" "$T/u_up"
+    check "detect-url fields in DESIGN.md order" $PY order "$T/u_img"
+    expect "detect-url text file -> 415" 415 "$(url_req "$T/e" "$WWW/notes.txt")"
+    expect "detect-url over --max-body-mb -> 413" 413 "$(url_req "$T/e" "$WWW/big.bin")"
+    expect "detect-url missing file (404 upstream) -> 502" 502 "$(url_req "$T/e" "$WWW/nothing.jpg")"
+    expect "detect-url redirect not followed -> 502" 502 "$(url_req "$T/e" "$WWW/sub")"
+    check "the 502 says redirects are not followed" grep -q "not followed" "$T/e"
+    expect "detect-url connection refused -> 502" 502 "$(url_req "$T/e" "http://127.0.0.1:$CLOSED/a.jpg")"
+    expect "detect-url silent server -> 504" 504 "$(url_req "$T/e" "http://127.0.0.1:$MUTE_PORT/a.jpg" -H 'X-Timeout-Ms: 700')"
+    expect "detect-url host not on the list -> 403" 403 "$(url_req "$T/e" "http://localhost:$WWW_PORT/img.jpg")"
+    expect "detect-url unknown host -> 403" 403 "$(url_req "$T/e" "http://no-such-host.invalid/img.jpg")"
+    expect "detect-url ftp:// -> 403" 403 "$(url_req "$T/e" "ftp://127.0.0.1:$WWW_PORT/img.jpg")"
+    expect "detect-url not a URL -> 400" 400 "$(url_req "$T/e" "not a url")"
+    expect "detect-url without image_url -> 400" 400 "$(req "$T/e" -H 'Content-Type: application/json' -d '{"mode":"local"}' "$URL/api/v1/detect-url")"
+    expect "detect-url bad mode -> 400" 400 "$(req "$T/e" -H 'Content-Type: application/json' -d "{\"image_url\":\"$WWW/img.jpg\",\"mode\":\"x\"}" "$URL/api/v1/detect-url")"
+    expect "/health still answers" 200 "$(req "$T/h" "$URL/health")"
+    stop_server TERM
+    expect "detect-url server: SIGTERM exit 0" 0 "$SERVER_RC"
+
+    # a host name that is allowed, but resolves to loopback: refused unless 127.0.0.1 is listed
+    start_server --local "$L" --url-allow localhost || exit 1
+    check "detect-url (localhost allowed): /ready" wait_ready 10
+    expect "detect-url 127.0.0.1 when only localhost is allowed -> 403" 403 "$(url_req "$T/e" "$WWW/img.jpg")"
+    expect "detect-url localhost resolving to loopback -> 403" 403 "$(url_req "$T/e" "http://localhost:$WWW_PORT/img.jpg")"
+    check "the 403 names the private address" grep -q "private, loopback" "$T/e"
+    stop_server TERM
+fi
 
 # ---- no model files: demo models ----------------------------------------------------------
 mkdir -p "$T/empty_cwd"

@@ -54,7 +54,10 @@ static const char USAGE[] =
     "                        original reader does; by default they are a 400\n"
     "  --warmup              run one image through each model after loading\n"
     "  --cors-origin O       send Access-Control-Allow-Origin: O (default: no CORS)\n"
-    "  --url-allow HOST      enable /api/v1/detect-url for HOST (repeatable)\n"
+    "  --url-allow HOST      enable /api/v1/detect-url for images on HOST (repeatable;\n"
+    "                        exact host names; http/https only, no redirects). Private,\n"
+    "                        loopback and link-local addresses are fetched only when\n"
+    "                        listed literally, e.g. --url-allow 127.0.0.1\n"
     "  --http-threads N      HTTP I/O threads (default 2)\n"
     "  --port-file F         write the bound port to F once listening\n";
 

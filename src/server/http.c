@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "sched/log.h"
+#include "server/fetch.h"
 #include "server/http.h"
 #include "server/request.h"
 #include "util/timer.h"
@@ -395,11 +396,18 @@ static int drain(server *srv, const sigset_t *sigs)
 int server_run(const server_config *cfg, registry *reg, sched *sch)
 {
     server srv = {.cfg = *cfg, .reg = reg, .sch = sch, .started = hadm_now()};
-    if (!(srv.met = metrics_new()))
+    if (fetch_global_init()) { /* before any thread can use libcurl (detect-url) */
+        log_line("error", "curl_init_failed", NULL);
         return 1;
+    }
+    if (!(srv.met = metrics_new())) {
+        fetch_global_cleanup();
+        return 1;
+    }
     if (!(srv.daemon = start_daemon(&srv))) {
         log_line("error", "listen_failed", "\"host\":\"%s\",\"port\":%d", cfg->host, cfg->port);
         metrics_free(srv.met);
+        fetch_global_cleanup();
         return 1;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv.daemon, MHD_DAEMON_INFO_BIND_PORT);
@@ -430,6 +438,7 @@ int server_run(const server_config *cfg, registry *reg, sched *sch)
     }
     MHD_stop_daemon(srv.daemon);
     metrics_free(srv.met);
+    fetch_global_cleanup();
     log_line("info", "stopped", NULL);
     return 0;
 }

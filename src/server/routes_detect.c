@@ -1,5 +1,6 @@
 /* The HADM-Server compatible detect routes: one image (multipart `file`, a
- * raw image body, or base64 in JSON) or a batch of them. Images are checked
+ * raw image body, base64 in JSON, or fetched from an allowed URL on a
+ * thread of its own, see fetch.h) or a batch of them. Images are checked
  * from their header here (415/422 before any decoding); decoding and
  * inference happen on the scheduler's workers. */
 #include <stdio.h>
@@ -8,7 +9,12 @@
 #include <strings.h>
 
 #include "server/encode.h"
+#include "server/fetch.h"
 #include "server/routes.h"
+#include "util/timer.h"
+
+/* A fetch gets the request's time, but never more than this. */
+#define FETCH_TIMEOUT_S 30.0
 
 typedef struct {
     char filename[256];
@@ -222,22 +228,158 @@ int route_detect_base64_start(req_ctx *c)
     return st ? single_from_json(c, st) : ROUTE_DONE;
 }
 
+/* ---- detect-url: the fetch runs on its own thread ------------------------------------ */
+
+typedef struct {
+    req_ctx *c;
+    char *url;
+    fetch_rules rules;
+    double deadline;
+} fetch_task;
+
+/* Drops the request's one pending unit (the fetch, then its job); the last
+ * one wakes the suspended connection, as http.c's job_done does. */
+static void fetch_release(req_ctx *c)
+{
+    pthread_mutex_lock(&c->lock);
+    int wake = --c->pending == 0 && c->suspended;
+    struct MHD_Connection *conn = c->conn;
+    pthread_mutex_unlock(&c->lock);
+    if (wake)
+        MHD_resume_connection(conn); /* c may be freed from here on */
+}
+
+static void fetch_job_done(sched_job *job, void *user)
+{
+    (void)job;
+    fetch_release(user);
+}
+
+/* Queues the fetched image; 0 when queued (its done() releases the request). */
+static int submit_fetched(req_ctx *c, detect_state *st, double deadline)
+{
+    image_entry *e = &st->e[0];
+    if (!(c->jobs = calloc(1, sizeof *c->jobs))) {
+        entry_fail(e, 503, "out of memory");
+        return -1;
+    }
+    sched_job *j = &c->jobs[0];
+    sched_job_init(j);
+    c->njobs = 1;
+    j->bytes = e->bytes;
+    j->len = e->len;
+    memcpy(j->want, st->want, sizeof j->want);
+    j->deadline = deadline;
+    j->done = fetch_job_done;
+    j->user = c;
+    e->job = 0;
+    hadm_error why = {0};
+    job_code code = sched_submit(c->srv->sch, &j, 1, &why);
+    if (code == JOB_OK)
+        return 0;
+    e->job = -1;
+    entry_fail(e, http_status_of_job(code), why.msg);
+    return -1;
+}
+
+static void *fetch_main(void *arg)
+{
+    fetch_task *t = arg;
+    req_ctx *c = t->c;
+    detect_state *st = c->state;
+    image_entry *e = &st->e[0];
+    char detail[700];
+    int status = fetch_url(t->url, &t->rules, &e->owned, &e->len, detail, sizeof detail);
+    fetch_slot_release();
+    if (status)
+        entry_fail(e, status, detail);
+    else {
+        e->bytes = e->owned;
+        probe_entry(c, e); /* the same checks as an upload: 415, 422, 400 */
+    }
+    double deadline = t->deadline;
+    free(t->url);
+    free(t);
+    if (e->status || submit_fetched(c, st, deadline))
+        fetch_release(c);
+    return NULL;
+}
+
+/* The request's deadline; a client may ask for less (X-Timeout-Ms), never more. */
+static double request_timeout_s(req_ctx *c)
+{
+    double timeout = c->srv->cfg.request_timeout_ms * 1e-3;
+    const char *h = http_header(c, "X-Timeout-Ms");
+    if (h && atof(h) > 0 && atof(h) * 1e-3 < timeout)
+        timeout = atof(h) * 1e-3;
+    return timeout;
+}
+
+static int start_fetch(req_ctx *c, const char *url)
+{
+    fetch_task *t = calloc(1, sizeof *t);
+    if (!t || !(t->url = strdup(url))) {
+        free(t);
+        http_error(c, 503, "out of memory");
+        return ROUTE_DONE;
+    }
+    double timeout = request_timeout_s(c);
+    t->c = c;
+    t->deadline = hadm_now() + timeout;
+    t->rules = (fetch_rules){c->srv->cfg.url_allow, c->srv->cfg.n_url_allow, c->srv->cfg.max_body,
+                             (long)(1e3 * (timeout < FETCH_TIMEOUT_S ? timeout : FETCH_TIMEOUT_S))};
+    char detail[700];
+    int status = fetch_check_url(url, &t->rules, detail, sizeof detail);
+    if (status || !fetch_slot_acquire()) {
+        free(t->url);
+        free(t);
+        if (status)
+            http_error(c, status, "%s", detail);
+        else {
+            c->retry_after = "1";
+            http_error(c, 503, "%d image fetches are already in flight; retry shortly", FETCH_MAX_IN_FLIGHT);
+        }
+        return ROUTE_DONE;
+    }
+    pthread_attr_t attr;
+    pthread_t tid;
+    c->pending = 1; /* before the thread exists: it may finish at once */
+    int rc = pthread_attr_init(&attr);
+    if (!rc) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        rc = pthread_create(&tid, &attr, fetch_main, t);
+        pthread_attr_destroy(&attr);
+    }
+    if (rc) {
+        c->pending = 0;
+        fetch_slot_release();
+        free(t->url);
+        free(t);
+        http_error(c, 503, "cannot start a fetch thread");
+        return ROUTE_DONE;
+    }
+    return ROUTE_ASYNC;
+}
+
 int route_detect_url_start(req_ctx *c)
 {
     if (c->srv->cfg.n_url_allow == 0) {
         http_error(c, 403, "detect-url is disabled; start the server with --url-allow HOST to enable it");
         return ROUTE_DONE;
     }
-    cJSON *j = parse_json_body(c);
+    detect_state *st = state_new(c, 0, 1);
+    cJSON *j = st ? parse_json_body(c) : NULL;
     if (!j)
         return ROUTE_DONE;
-    int has_url = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "image_url"));
-    cJSON_Delete(j);
-    if (!has_url)
+    const cJSON *url = cJSON_GetObjectItemCaseSensitive(j, "image_url");
+    const cJSON *mode = cJSON_GetObjectItemCaseSensitive(j, "mode");
+    int rc = ROUTE_DONE;
+    if (!cJSON_IsString(url) || !url->valuestring[0])
         http_error(c, 400, "image_url (a string) is required");
-    else
-        http_error(c, 501, "fetching image URLs is not implemented in this build");
-    return ROUTE_DONE;
+    else if (!take_mode(c, st, cJSON_IsString(mode) ? mode->valuestring : NULL))
+        rc = start_fetch(c, url->valuestring);
+    cJSON_Delete(j);
+    return rc;
 }
 
 static int batch_from_form(req_ctx *c)
