@@ -156,3 +156,24 @@ void trace_store_clear(trace_store *st)
         free(st->t[i].data);
     st->n = 0;
 }
+
+void golden_for_each(void (*fn)(const golden_case *c))
+{
+    static golden_case cases[64];
+    int n = golden_cases(cases, 64);
+    CHECK(n > 0, "no golden cases found under %s", test_golden_dir());
+    for (int i = 0; i < n; i++) {
+        fn(&cases[i]);
+        golden_case_free(&cases[i]);
+    }
+}
+
+hadm_model *golden_open_model(const golden_case *c)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/model.safetensors", c->dir);
+    hadm_model *m = NULL;
+    hadm_error err = {0};
+    CHECK(hadm_model_open(path, NULL, &m, &err) == HADM_OK, "%s: %s", c->name, err.msg);
+    return m;
+}

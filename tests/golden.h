@@ -19,6 +19,10 @@ typedef struct {
  * reported through CHECK and the case is left out. */
 int golden_cases(golden_case *cases, int max);
 void golden_case_free(golden_case *c);
+/* Runs fn on every case found (a failure if none is), freeing each after. */
+void golden_for_each(void (*fn)(const golden_case *c));
+/* Opens the case's model.safetensors; NULL (and a recorded failure) if it can't. */
+hadm_model *golden_open_model(const golden_case *c);
 /* Tensor as float64 (any float/int dtype); NULL if missing. Caller frees. */
 double *golden_tensor(const golden_case *c, const char *name, int64_t *numel, const st_tensor **info);
 

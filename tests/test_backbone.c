@@ -67,38 +67,33 @@ static float *network_input(const golden_case *gc, const hadm_model *m)
     return chw;
 }
 
+static void run_case(const golden_case *gc)
+{
+    hadm_model *m = golden_open_model(gc);
+    hadm_error err = {0};
+    if (!m)
+        return;
+    printf("case %s\n", gc->name);
+    const hadm_config *cfg = &m->cfg;
+    int G = cfg->img_size / cfg->patch;
+    float *chw = network_input(gc, m), *tokens = malloc((size_t)G * G * cfg->embed_dim * sizeof(float));
+    ops_ctx *c = NULL;
+    fpn_maps maps;
+    check_ctx cc = {gc, 0};
+    engine_trace tr = {on_tensor, &cc};
+    CHECK(model_ctx_acquire(m, &c, &err) == HADM_OK && fpn_alloc(cfg, &maps, &err) == HADM_OK, "%s", err.msg);
+    CHECK(vit_forward(m, c, chw, tokens, &tr, &err) == HADM_OK, "%s: vit: %s", gc->name, err.msg);
+    CHECK(fpn_forward(m, c, tokens, &maps, &tr, &err) == HADM_OK, "%s: fpn: %s", gc->name, err.msg);
+    CHECK(cc.compared >= 3, "%s: only %d tensors compared", gc->name, cc.compared);
+    fpn_free(&maps);
+    model_ctx_release(m, c);
+    free(chw);
+    free(tokens);
+    hadm_model_close(m);
+}
+
 int main(void)
 {
-    static golden_case cases[64];
-    int n = golden_cases(cases, 64);
-    CHECK(n > 0, "no golden cases under %s", test_golden_dir());
-    for (int i = 0; i < n; i++) {
-        golden_case *gc = &cases[i];
-        char path[1200];
-        snprintf(path, sizeof path, "%s/model.safetensors", gc->dir);
-        hadm_model *m = NULL;
-        hadm_error err = {0};
-        CHECK(hadm_model_open(path, NULL, &m, &err) == HADM_OK, "%s: %s", gc->name, err.msg);
-        if (!m)
-            continue;
-        printf("case %s\n", gc->name);
-        const hadm_config *cfg = &m->cfg;
-        int G = cfg->img_size / cfg->patch;
-        float *chw = network_input(gc, m), *tokens = malloc((size_t)G * G * cfg->embed_dim * sizeof(float));
-        ops_ctx *c = NULL;
-        fpn_maps maps;
-        check_ctx cc = {gc, 0};
-        engine_trace tr = {on_tensor, &cc};
-        CHECK(model_ctx_acquire(m, &c, &err) == HADM_OK && fpn_alloc(cfg, &maps, &err) == HADM_OK, "%s", err.msg);
-        CHECK(vit_forward(m, c, chw, tokens, &tr, &err) == HADM_OK, "%s: vit: %s", gc->name, err.msg);
-        CHECK(fpn_forward(m, c, tokens, &maps, &tr, &err) == HADM_OK, "%s: fpn: %s", gc->name, err.msg);
-        CHECK(cc.compared >= 3, "%s: only %d tensors compared", gc->name, cc.compared);
-        fpn_free(&maps);
-        model_ctx_release(m, c);
-        free(chw);
-        free(tokens);
-        hadm_model_close(m);
-        golden_case_free(gc);
-    }
+    golden_for_each(run_case);
     return test_finish();
 }

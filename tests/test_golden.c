@@ -314,11 +314,8 @@ static void run_case(const golden_case *gc)
 {
     printf("case %s (%s, %dx%d -> %dx%d)\n", gc->name, gc->variant, gc->orig_w, gc->orig_h,
            gc->resized_w, gc->resized_h);
-    char path[1200];
-    snprintf(path, sizeof path, "%s/model.safetensors", gc->dir);
-    hadm_model *m = NULL;
+    hadm_model *m = golden_open_model(gc);
     hadm_error err = {0};
-    CHECK(hadm_model_open(path, NULL, &m, &err) == HADM_OK, "%s: %s", gc->name, err.msg);
     if (!m)
         return;
     CHECK(!strcmp(hadm_model_variant(m), gc->variant), "%s: variant %s", gc->name, hadm_model_variant(m));
@@ -346,12 +343,6 @@ static void run_case(const golden_case *gc)
 
 int main(void)
 {
-    static golden_case cases[64];
-    int n = golden_cases(cases, 64);
-    CHECK(n > 0, "no golden cases found under %s", test_golden_dir());
-    for (int i = 0; i < n; i++) {
-        run_case(&cases[i]);
-        golden_case_free(&cases[i]);
-    }
+    golden_for_each(run_case);
     return test_finish();
 }

@@ -442,11 +442,8 @@ static void run_partial_rpn(const golden_case *gc, hadm_model *m, ops_ctx *c, co
 
 static void run_case(const golden_case *gc)
 {
-    char path[1200];
-    snprintf(path, sizeof path, "%s/model.safetensors", gc->dir);
-    hadm_model *m = NULL;
+    hadm_model *m = golden_open_model(gc);
     hadm_error err = {0};
-    CHECK(hadm_model_open(path, NULL, &m, &err) == HADM_OK, "%s: %s", gc->name, err.msg);
     if (!m)
         return;
     printf("case %s (%s)\n", gc->name, gc->variant);
@@ -479,12 +476,6 @@ int main(void)
     test_decode_and_anchors();
     test_topk();
     test_postprocess();
-    static golden_case cases[64];
-    int n = golden_cases(cases, 64);
-    CHECK(n > 0, "no golden cases under %s", test_golden_dir());
-    for (int i = 0; i < n; i++) {
-        run_case(&cases[i]);
-        golden_case_free(&cases[i]);
-    }
+    golden_for_each(run_case);
     return test_finish();
 }

@@ -135,17 +135,21 @@ int http_status_of_job(job_code code)
     return 500;
 }
 
-/* Runs on a scheduler worker: the last job of a request wakes its connection. */
-static void job_done(sched_job *job, void *user)
+void http_release(req_ctx *c)
 {
-    (void)job;
-    req_ctx *c = user;
     pthread_mutex_lock(&c->lock);
     int wake = --c->pending == 0 && c->suspended;
     struct MHD_Connection *conn = c->conn;
     pthread_mutex_unlock(&c->lock);
     if (wake)
         MHD_resume_connection(conn); /* c may be freed from here on */
+}
+
+/* Runs on a scheduler worker: the last job of a request wakes its connection. */
+static void job_done(sched_job *job, void *user)
+{
+    (void)job;
+    http_release(user);
 }
 
 int http_submit(req_ctx *c, sched_job *jobs, int n)

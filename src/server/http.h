@@ -95,6 +95,10 @@ extern const route_def ROUTES[];
 extern const int ROUTE_COUNT;
 
 /* Answers; each takes ownership of what it is given. */
+/* Drops one pending unit of work (a scheduler job, a URL fetch) of a
+ * suspended request; the last one resumes the connection. Thread-safe; c
+ * may be freed once this returns. */
+void http_release(req_ctx *c);
 void http_respond(req_ctx *c, int status, const char *content_type, char *body, size_t len);
 void http_respond_static(req_ctx *c, int status, const char *content_type, const char *body);
 void http_json(req_ctx *c, int status, cJSON *obj);

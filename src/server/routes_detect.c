@@ -237,22 +237,10 @@ typedef struct {
     double deadline;
 } fetch_task;
 
-/* Drops the request's one pending unit (the fetch, then its job); the last
- * one wakes the suspended connection, as http.c's job_done does. */
-static void fetch_release(req_ctx *c)
-{
-    pthread_mutex_lock(&c->lock);
-    int wake = --c->pending == 0 && c->suspended;
-    struct MHD_Connection *conn = c->conn;
-    pthread_mutex_unlock(&c->lock);
-    if (wake)
-        MHD_resume_connection(conn); /* c may be freed from here on */
-}
-
 static void fetch_job_done(sched_job *job, void *user)
 {
     (void)job;
-    fetch_release(user);
+    http_release(user);
 }
 
 /* Queues the fetched image; 0 when queued (its done() releases the request). */
@@ -301,7 +289,7 @@ static void *fetch_main(void *arg)
     free(t->url);
     free(t);
     if (e->status || submit_fetched(c, st, deadline))
-        fetch_release(c);
+        http_release(c);
     return NULL;
 }
 
