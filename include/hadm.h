@@ -76,11 +76,33 @@ typedef struct hadm_model hadm_model;
 
 typedef enum { HADM_DEVICE_CPU = 0, HADM_DEVICE_CUDA = 1 } hadm_device_kind;
 
+/* What the matmuls and convolutions compute in. AUTO follows the file:
+ * F32 weights -> F32, BF16/F16 -> BF16, int8 (hadm quantize --type q8) ->
+ * INT8. BF16: bf16 inputs, f32 accumulation. INT8: the ViT's Linear layers
+ * take int8 weights (per-output-channel scales) and int8 activations
+ * quantised per call; attention and convolutions run in bf16. Norms,
+ * softmax, box decoding and NMS are f32 in every mode. */
+typedef enum {
+    HADM_PRECISION_AUTO = 0,
+    HADM_PRECISION_F32,
+    HADM_PRECISION_BF16,
+    HADM_PRECISION_INT8
+} hadm_precision;
+
 typedef struct {
     int threads;              /* 0 = all cores */
     hadm_device_kind device;
     int device_index;
+    hadm_precision precision;
+    /* CUDA only: the share of the GPU's memory this process may use for its
+     * models (all of them together), in (0, 1]; 0 = 0.95. A model that does
+     * not fit fails to open with a message saying how much it needs. */
+    float gpu_memory_fraction;
 } hadm_open_options;
+
+const char *hadm_precision_name(hadm_precision p);   /* "auto", "f32", "bf16", "int8" */
+/* Parses those names; returns -1 for anything else. */
+int hadm_precision_parse(const char *s, hadm_precision *out);
 
 hadm_status hadm_model_open(const char *path, const hadm_open_options *opt,
                             hadm_model **out, hadm_error *err);
@@ -97,6 +119,7 @@ int hadm_model_num_classes(const hadm_model *m);
 const char *hadm_model_class_name(const hadm_model *m, int class_id);
 int hadm_model_input_size(const hadm_model *m);        /* square side, e.g. 1024 */
 int64_t hadm_model_param_count(const hadm_model *m);
+hadm_precision hadm_model_precision(const hadm_model *m);   /* resolved, never AUTO */
 
 /* ---- detection ------------------------------------------------------- */
 

@@ -1,9 +1,9 @@
-/* hadm bench: forward speed of a synthetic HADM-L against ceilings measured
- * in the same run (oneDNN f32 matmul peak, memory bandwidth), so the figures
- * are ratios that survive a noisy shared machine (DESIGN.md "Command line"). */
+/* hadm bench: forward speed of a synthetic HADM-L in each precision against
+ * ceilings measured in the same run (oneDNN matmul rates per element type,
+ * memory bandwidth), so the figures are ratios that survive a noisy shared
+ * machine (DESIGN.md "Command line"). Each precision runs in its own child
+ * process, so its peak RSS is its own. */
 #include <errno.h>
-#include <immintrin.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,49 +11,52 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli/bench.h"
 #include "cli/cli.h"
 #include "engine/config.h"
 #include "engine/synth.h"
-#include "hadm.h"
-#include "ops/ops.h"
 #include "util/timer.h"
 
-#define PEAK_DIM 4096          /* the sgemms of the peak: 4096^3 and 4096x1024x2730 */
-#define PEAK_DIM_TINY 2048     /* --size tiny: 17 GFLOP, nearly the same rate, 8x quicker */
-#define PEAK_REPS 5
-#define BW_FLOATS (16u << 20)  /* 64 MB per array: far beyond any cache */
-#define BW_REPS 7
+#define PEAK_DIM 4096          /* the products of the peak: 4096^3 and 4096x1024x5460 */
+#define PEAK_DIM_TINY 2048     /* --size tiny: nearly the same rate, 8x quicker */
 #define IMAGE_SIDE 1024
 #define MAX_REPS 100
+#define NPREC 3
 
 typedef struct {
-    int full, threads, json, reps;
+    int full, threads, json, reps, rss_both;
+    int want[NPREC];            /* f32, bf16, int8 */
     unsigned long long seed;
     const char *model_path;     /* --model F: bench this file instead of a synthetic one */
 } bench_args;
 
+/* What one precision's child reports back through a pipe. */
 typedef struct {
-    double peak_gflops, bw_triad_gbs, bw_copy_gbs;
-    int threads;
+    int ok;
     double load_s, forward_s, gflop;
     hadm_timings stage;         /* per-stage medians */
-    long long peak_rss_bytes;
-    const char *variant;
-} bench_report;
+    long long peak_rss_bytes, both_rss_bytes;
+    char variant[16], error[600];
+} prec_report;
+
+static const char *const PREC_NAME[NPREC] = {"f32", "bf16", "int8"};
+static const hadm_precision PREC[NPREC] = {HADM_PRECISION_F32, HADM_PRECISION_BF16, HADM_PRECISION_INT8};
 
 static void bench_usage(FILE *out)
 {
     fprintf(out,
             "usage: hadm bench [--size tiny|full] [--precision f32|bf16|int8|all]\n"
             "                  [--device cpu|cuda[:i]] [--threads N] [--json]\n"
-            "                  [--reps N] [--seed N] [--model F]\n\n"
-            "Measures this machine's oneDNN f32 matmul peak (%d^3 sgemm, %d^3 for tiny) and\n"
-            "memory bandwidth, then times forwards of a synthetic HADM-L (default full size)\n"
-            "on a %dx%d image: median seconds per stage, GFLOP counted by the engine,\n"
-            "achieved GFLOP/s, its ratio to the peak, and peak RSS.\n"
-            "  --reps N   timed forwards after one warm-up (default 3)\n"
-            "  --model F  time this model file instead of a synthetic one\n"
-            "Only f32 is supported for now.\n",
+            "                  [--reps N] [--seed N] [--model F] [--rss-both]\n\n"
+            "Measures this machine's oneDNN matmul ceilings (f32, bf16, s8; %d^3 and the ViT\n"
+            "MLP shape, %d for tiny) and memory bandwidth, then times forwards of a synthetic\n"
+            "HADM-L (default full size) on a %dx%d image in each precision (default all):\n"
+            "median seconds per stage, GFLOP counted by the engine, achieved GFLOP/s, its\n"
+            "ratio to the ceiling, speed-up over f32, and peak RSS.\n"
+            "  --reps N     timed forwards after one warm-up (default 3)\n"
+            "  --model F    time this model file instead of a synthetic one\n"
+            "  --rss-both   also load HADM-L and HADM-G together in each precision, run one\n"
+            "               forward on each, and report that process's peak RSS\n",
             PEAK_DIM, PEAK_DIM_TINY, IMAGE_SIDE, IMAGE_SIDE);
 }
 
@@ -68,6 +71,16 @@ static int parse_count(const char *v, int lo, int hi, int *out)
     return 0;
 }
 
+static int parse_precision(const char *v, bench_args *a)
+{
+    int all = !strcmp(v, "all"), any = all;
+    for (int p = 0; p < NPREC; p++) {
+        a->want[p] = all || !strcmp(v, PREC_NAME[p]);
+        any |= a->want[p];
+    }
+    return any ? 0 : -1;
+}
+
 /* Returns -1 to go on, else the exit code. */
 static int parse_bench_args(int argc, char **argv, bench_args *a)
 {
@@ -75,39 +88,33 @@ static int parse_bench_args(int argc, char **argv, bench_args *a)
     a->full = 1;
     a->reps = 3;
     a->seed = 1;
+    a->want[0] = a->want[1] = a->want[2] = 1;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int takes_value = strcmp(o, "--json") && strcmp(o, "--help") && strcmp(o, "-h");
-        if (takes_value && !v) {
-            cli_error("%s needs a value (see hadm bench --help)", o);
-            return 2;
-        }
         if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
             bench_usage(stdout);
             return 0;
-        } else if (!strcmp(o, "--json")) {
-            a->json = 1;
+        } else if (!strcmp(o, "--json") || !strcmp(o, "--rss-both")) {
+            *(o[2] == 'j' ? &a->json : &a->rss_both) = 1;
             continue;
-        } else if (!strcmp(o, "--size")) {
+        }
+        if (!v) {
+            cli_error("%s needs a value (see hadm bench --help)", o);
+            return 2;
+        }
+        if (!strcmp(o, "--size")) {
             if (strcmp(v, "tiny") && strcmp(v, "full"))
                 goto bad;
             a->full = !strcmp(v, "full");
         } else if (!strcmp(o, "--precision")) {
-            if (!strcmp(v, "bf16") || !strcmp(v, "int8")) {
-                cli_error("--precision %s: not supported yet (only f32)", v);
-                return 1;
-            }
-            if (strcmp(v, "f32") && strcmp(v, "all"))
+            if (parse_precision(v, a))
                 goto bad;
-            if (!strcmp(v, "all"))
-                fprintf(stderr, "hadm: note: bf16 and int8 are not supported yet; running f32 only\n");
         } else if (!strcmp(o, "--device")) {
-            if (!strcmp(v, "cpu"))
-                ;
-            else if (!strncmp(v, "cuda", 4)) {
-                cli_error("--device %s: this build has no CUDA backend", v);
+            if (!strncmp(v, "cuda", 4)) {
+                cli_error("--device %s: hadm bench measures the CPU; the GPU benchmark is hadm-cuda-bench "
+                          "(built with -DHADM_CUDA=ON, see tools/cuda_check.sh)", v);
                 return 1;
-            } else
+            } else if (strcmp(v, "cpu"))
                 goto bad;
         } else if (!strcmp(o, "--threads")) {
             if (parse_count(v, 0, 4096, &a->threads))
@@ -136,236 +143,67 @@ static int parse_bench_args(int argc, char **argv, bench_args *a)
     return -1;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
+/* ---- child processes ---------------------------------------------------- */
 
-static double median(double *v, int n)
+/* Runs fn(arg, report) in a child process and returns its report: the
+ * child's memory (a 1.4 GB synthetic build buffer, one precision's weights)
+ * never counts in another measurement's peak RSS. */
+static int in_child(void (*fn)(const void *arg, prec_report *r), const void *arg, prec_report *out)
 {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-/* ---- ceilings ----------------------------------------------------------- */
-
-/* Median GFLOP/s of C[M,N] = A[M,K]·Bᵀ, with B pre-packed when `packed`
- * (how the engine holds its weights) else read plain. */
-static hadm_status sgemm_rate(ops_ctx *c, int M, int N, int K, const float *a, const float *b,
-                              float *out, int packed, double *gflops, hadm_error *err)
-{
-    ops_packed *pk = NULL;
-    if (packed && ops_pack_weights(c, M, N, K, b, &pk, err))
-        return err->code;
-    ops_gemm g = {.M = M, .N = N, .K = K, .A = a, .lda = K, .B = b, .ldb = K, .trans_b = 1,
-                  .C = out, .ldc = N, .packed = pk};
-    double t[PEAK_REPS];
-    hadm_status s = ops_matmul(c, &g, err);   /* warm-up: primitive creation */
-    for (int r = 0; !s && r < PEAK_REPS; r++) {
-        double t0 = hadm_now();
-        s = ops_matmul(c, &g, err);
-        t[r] = hadm_now() - t0;
+    int fd[2];
+    memset(out, 0, sizeof *out);
+    if (pipe(fd)) {
+        snprintf(out->error, sizeof out->error, "pipe: %s", strerror(errno));
+        return 1;
     }
-    ops_packed_free(pk);
-    if (!s)
-        *gflops = 2.0 * M * N * (double)K * 1e-9 / median(t, PEAK_REPS);
-    return s;
-}
-
-static hadm_status measure_peak(int threads, int dim, double *peak, int *threads_used,
-                                hadm_error *err)
-{
-    size_t n = (size_t)dim * (size_t)dim;
-    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b), *c = malloc(n * sizeof *c);
-    ops_ctx *ctx = NULL;
-    hadm_status s = !a || !b || !c ? HADM_ERR_NOMEM : ops_ctx_new(threads, &ctx, err);
-    if (s == HADM_ERR_NOMEM)
-        snprintf(err->msg, sizeof err->msg, "out of memory");
-    if (!s) {
-        uint64_t state = 42;
-        for (size_t i = 0; i < n; i++) {
-            state = state * 6364136223846793005ull + 1442695040888963407ull;
-            a[i] = (float)((state >> 40) & 0xffff) / 65536.0f - 0.5f;
-            b[i] = (float)((state >> 20) & 0xffff) / 65536.0f - 0.5f;
-        }
-        /* The ceiling is the best large sgemm this oneDNN reaches here: the
-         * square dim^3 one, plain and packed, and the ViT MLP's shape
-         * (4096 x 1024 -> 2730 at full size), which runs faster than the
-         * square one on these cores. */
-        int shapes[3][4] = {{dim, dim, dim, 0}, {dim, dim, dim, 1}, {dim, dim * 2730 / 4096, dim / 4, 1}};
-        *peak = 0;
-        for (int k = 0; !s && k < 3; k++) {
-            double rate = 0;
-            s = sgemm_rate(ctx, shapes[k][0], shapes[k][1], shapes[k][2], a, b, c, shapes[k][3], &rate, err);
-            if (getenv("HADM_BENCH_VERBOSE"))
-                fprintf(stderr, "hadm: sgemm %dx%dx%d%s: %.1f GFLOP/s\n", shapes[k][0], shapes[k][2], shapes[k][1], shapes[k][3] ? " packed" : "", rate);
-            *peak = rate > *peak ? rate : *peak;
-        }
-        *threads_used = ops_ctx_threads(ctx);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fd[0]);
+        prec_report r = {0};
+        fn(arg, &r);
+        ssize_t n = write(fd[1], &r, sizeof r);
+        _exit(n == (ssize_t)sizeof r ? 0 : 1);
     }
-    ops_ctx_free(ctx);
-    free(a);
-    free(b);
-    free(c);
-    return s;
+    close(fd[1]);
+    ssize_t got = 0;
+    while (pid > 0 && got < (ssize_t)sizeof *out) {
+        ssize_t n = read(fd[0], (char *)out + got, sizeof *out - (size_t)got);
+        if (n <= 0 && !(n < 0 && errno == EINTR))
+            break;
+        got += n > 0 ? n : 0;
+    }
+    close(fd[0]);
+    int status = 0;
+    while (pid > 0 && waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (pid < 0 || got != (ssize_t)sizeof *out) {
+        memset(out, 0, sizeof *out);
+        snprintf(out->error, sizeof out->error, "the measuring process %s",
+                 pid < 0 ? "could not start" : WIFSIGNALED(status) ? "was killed by a signal" : "failed");
+        return 1;
+    }
+    return !out->ok;
 }
 
 typedef struct {
-    float *a, *b, *c;
-    size_t begin, end;
-    int triad;
-} bw_slice;
+    const bench_args *a;
+    char variant;
+    const char *path;
+} synth_job;
 
-/* Streaming (non-temporal) stores, as STREAM-style ceilings are usually
- * quoted: the destination is not read into the cache before being written. */
-static void *bw_worker(void *arg)
+static void synth_child(const void *arg, prec_report *r)
 {
-    bw_slice *s = arg;
-    size_t i = s->begin;
-    for (; i < s->end && ((uintptr_t)(s->a + i) & 31); i++)
-        s->a[i] = s->triad ? s->b[i] + 3.0f * s->c[i] : s->b[i];
-    const __m256 three = _mm256_set1_ps(3.0f);
-    if (s->triad)
-        for (; i + 8 <= s->end; i += 8)
-            _mm256_stream_ps(s->a + i, _mm256_fmadd_ps(three, _mm256_loadu_ps(s->c + i),
-                                                       _mm256_loadu_ps(s->b + i)));
-    else
-        for (; i + 8 <= s->end; i += 8)
-            _mm256_stream_ps(s->a + i, _mm256_loadu_ps(s->b + i));
-    for (; i < s->end; i++)
-        s->a[i] = s->triad ? s->b[i] + 3.0f * s->c[i] : s->b[i];
-    _mm_sfence();
-    return NULL;
-}
-
-/* One pass of copy (a = b) or triad (a = b + 3c) over `threads` threads. */
-static void bw_pass(float *a, float *b, float *c, int threads, int triad)
-{
-    pthread_t tid[64];
-    bw_slice sl[64];
-    int created[64] = {0};
-    int nt = threads < 1 ? 1 : threads > 64 ? 64 : threads;
-    size_t chunk = BW_FLOATS / (size_t)nt;
-    for (int t = 0; t < nt; t++) {
-        size_t end = t + 1 == nt ? BW_FLOATS : chunk * (size_t)(t + 1);
-        sl[t] = (bw_slice){a, b, c, chunk * (size_t)t, end, triad};
-        if (t > 0)
-            created[t] = pthread_create(&tid[t], NULL, bw_worker, &sl[t]) == 0;
-    }
-    for (int t = 0; t < nt; t++)
-        if (!created[t])
-            bw_worker(&sl[t]);
-    for (int t = 1; t < nt; t++)
-        if (created[t])
-            pthread_join(tid[t], NULL);
-}
-
-/* STREAM convention: bytes read + written, write-allocate not counted. */
-static hadm_status measure_bandwidth(int threads, double *copy_gbs, double *triad_gbs, hadm_error *err)
-{
-    float *a = malloc(BW_FLOATS * sizeof *a), *b = malloc(BW_FLOATS * sizeof *b);
-    float *c = malloc(BW_FLOATS * sizeof *c);
-    if (!a || !b || !c) {
-        free(a), free(b), free(c);
-        snprintf(err->msg, sizeof err->msg, "out of memory");
-        return err->code = HADM_ERR_NOMEM;
-    }
-    for (size_t i = 0; i < BW_FLOATS; i++)
-        a[i] = 0, b[i] = 1, c[i] = 2;   /* also faults every page in before timing */
-    double tc[BW_REPS], tt[BW_REPS];
-    for (int r = 0; r < BW_REPS; r++) {
-        double t0 = hadm_now();
-        bw_pass(a, b, c, threads, 0);
-        double t1 = hadm_now();
-        bw_pass(a, b, c, threads, 1);
-        tc[r] = t1 - t0;
-        tt[r] = hadm_now() - t1;
-    }
-    double bytes = (double)BW_FLOATS * sizeof(float);
-    *copy_gbs = 2 * bytes * 1e-9 / median(tc, BW_REPS);
-    *triad_gbs = 3 * bytes * 1e-9 / median(tt, BW_REPS);
-    free(a), free(b), free(c);
-    return HADM_OK;
-}
-
-/* ---- the model and the forwards --------------------------------------- */
-
-/* Writes the synthetic model in a child process: its 1.4 GB build buffer
- * then never counts in this process's peak RSS, which is meant to show what
- * inference needs. */
-static int synth_to_file(const bench_args *a, const char *path)
-{
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        cli_error("fork: %s", strerror(errno));
-        return 1;
-    }
-    if (pid == 0) {
-        hadm_config cfg;
-        synth_model m;
-        hadm_error err = {0};
-        int rc = 0;
-        if (config_default(&cfg, 'l', !a->full, &err) || synth_build(&cfg, a->seed, &m, &err)) {
-            cli_error("bench: synthetic model: %s", err.msg);
-            _exit(1);
-        }
-        if (st_writer_save(m.writer, path, &err)) {
-            cli_error("bench: %s", err.msg);
-            rc = 1;
-        }
-        synth_free(&m);
-        config_free(&cfg);
-        _exit(rc);
-    }
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-        ;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        if (!WIFEXITED(status))
-            cli_error("bench: the process writing the synthetic model died (signal %d)",
-                      WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-        return 1;
-    }
-    return 0;
-}
-
-/* Opens the model to time: --model F, or a synthetic one in a temp file that
- * is unlinked as soon as it is mapped. */
-static int open_bench_model(const bench_args *a, int threads, hadm_model **m, double *load_s)
-{
-    char tmp[4096];
-    const char *path = a->model_path;
-    if (!path) {
-        const char *dir = getenv("TMPDIR");
-        snprintf(tmp, sizeof tmp, "%s/hadm-bench-XXXXXX.safetensors", dir && *dir ? dir : "/tmp");
-        int fd = mkstemps(tmp, 12);
-        if (fd < 0) {
-            cli_error("bench: cannot create %s: %s", tmp, strerror(errno));
-            return 1;
-        }
-        close(fd);
-        if (!a->json)
-            fprintf(stderr, "hadm: writing a %s synthetic HADM-L to %s...\n", a->full ? "full-size" : "tiny", tmp);
-        if (synth_to_file(a, tmp)) {
-            unlink(tmp);
-            return 1;
-        }
-        path = tmp;
-    }
-    hadm_open_options opt = {.threads = threads, .device = HADM_DEVICE_CPU};
+    const synth_job *j = arg;
+    hadm_config cfg;
+    synth_model m;
     hadm_error err = {0};
-    double t0 = hadm_now();
-    hadm_status s = hadm_model_open(path, &opt, m, &err);
-    *load_s = hadm_now() - t0;
-    if (!a->model_path)
-        unlink(tmp);
-    if (s) {
-        cli_error("%s", err.msg);
-        return 1;
+    if (config_default(&cfg, j->variant, !j->a->full, &err) || synth_build(&cfg, j->a->seed, &m, &err) ||
+        st_writer_save(m.writer, j->path, &err)) {
+        snprintf(r->error, sizeof r->error, "synthetic model: %.500s", err.msg);
+        return;
     }
-    return 0;
+    r->ok = 1;
 }
 
 /* A deterministic photo-like image: smooth gradients plus a little noise. */
@@ -389,32 +227,47 @@ static int make_image(hadm_image *img)
 
 #define STAGE_FIELDS(X) X(preprocess) X(backbone) X(fpn) X(rpn) X(roi_heads) X(postprocess) X(total)
 
-/* One warm-up forward (primitive creation, first touch of the weights),
- * then a.reps timed ones; per-stage medians. */
-static int time_forwards(const bench_args *a, hadm_model *m, bench_report *r)
+typedef struct {
+    const bench_args *a;
+    int prec;
+    const char *paths[2];       /* HADM-L, and HADM-G for the both-models run */
+    int threads;
+} forward_job;
+
+static long long peak_rss(void)
 {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (long long)ru.ru_maxrss * 1024;
+}
+
+/* One warm-up forward (primitive creation, weight packing), then reps timed
+ * ones; per-stage medians. */
+static void forward_child(const void *arg, prec_report *r)
+{
+    const forward_job *j = arg;
+    hadm_open_options opt = {.threads = j->threads, .precision = PREC[j->prec]};
+    hadm_error err = {0};
+    hadm_model *m = NULL;
     hadm_image img = {0};
-    if (make_image(&img)) {
-        cli_error("out of memory");
-        return 1;
-    }
     double t[7][MAX_REPS];
-    hadm_detect_options opt = {.channel_order = HADM_RGB};
-    int rc = 0;
-    for (int i = -1; i < a->reps && !rc; i++) {
+    double t0 = hadm_now();
+    if (hadm_model_open(j->paths[0], &opt, &m, &err) || make_image(&img)) {
+        snprintf(r->error, sizeof r->error, "%s", m ? "out of memory" : err.msg);
+        hadm_model_close(m);
+        return;
+    }
+    r->load_s = hadm_now() - t0;
+    snprintf(r->variant, sizeof r->variant, "%s", hadm_model_variant(m));
+    hadm_detect_options dopt = {.channel_order = HADM_RGB};
+    for (int i = -1; i < j->a->reps; i++) {
         hadm_result *res = NULL;
-        hadm_error err = {0};
-        if (!a->json)
-        {
-            if (i < 0)
-                fprintf(stderr, "hadm: warm-up forward...\n");
-            else
-                fprintf(stderr, "hadm: timed forward %d/%d...\n", i + 1, a->reps);
-        }
-        if (hadm_detect(m, &img, &opt, &res, &err)) {
-            cli_error("bench: forward: %s", err.msg);
-            rc = 1;
-            break;
+        if (!j->a->json)
+            fprintf(stderr, "hadm: %s: %s forward %d/%d...\n", PREC_NAME[j->prec], i < 0 ? "warm-up" : "timed",
+                    i < 0 ? 1 : i + 1, i < 0 ? 1 : j->a->reps);
+        if (hadm_detect(m, &img, &dopt, &res, &err)) {
+            snprintf(r->error, sizeof r->error, "forward: %.500s", err.msg);
+            goto done;
         }
         if (i >= 0) {
             int k = 0;
@@ -425,56 +278,170 @@ static int time_forwards(const bench_args *a, hadm_model *m, bench_report *r)
         }
         hadm_result_free(res);
     }
-    if (!rc) {
-        int k = 0;
-#define MED(f) r->stage.f = median(t[k++], a->reps);
-        STAGE_FIELDS(MED)
+    int k = 0;
+#define MED(f) r->stage.f = bench_median(t[k++], j->a->reps);
+    STAGE_FIELDS(MED)
 #undef MED
-        r->forward_s = r->stage.total;
-    }
+    r->forward_s = r->stage.total;
+    r->peak_rss_bytes = peak_rss();
+    r->ok = 1;
+done:
     hadm_image_free(&img);
-    return rc;
+    hadm_model_close(m);
+}
+
+/* Both models open at once (as `hadm serve` holds them), one forward each. */
+static void both_child(const void *arg, prec_report *r)
+{
+    const forward_job *j = arg;
+    hadm_open_options opt = {.threads = j->threads, .precision = PREC[j->prec]};
+    hadm_error err = {0};
+    hadm_model *m[2] = {0};
+    hadm_image img = {0};
+    hadm_detect_options dopt = {.channel_order = HADM_RGB};
+    if (make_image(&img)) {
+        snprintf(r->error, sizeof r->error, "out of memory");
+        return;
+    }
+    int ok = 1;
+    for (int i = 0; ok && i < 2; i++)
+        ok = !hadm_model_open(j->paths[i], &opt, &m[i], &err);
+    for (int i = 0; ok && i < 2; i++) {
+        hadm_result *res = NULL;
+        if (!j->a->json)
+            fprintf(stderr, "hadm: %s: both models loaded, forward on %s...\n", PREC_NAME[j->prec],
+                    hadm_model_variant(m[i]));
+        ok = !hadm_detect(m[i], &img, &dopt, &res, &err);
+        hadm_result_free(res);
+    }
+    if (ok) {
+        r->both_rss_bytes = peak_rss();
+        r->ok = 1;
+    } else {
+        snprintf(r->error, sizeof r->error, "%s", err.msg);
+    }
+    for (int i = 0; i < 2; i++)
+        hadm_model_close(m[i]);
+    hadm_image_free(&img);
 }
 
 /* ---- report ------------------------------------------------------------- */
 
-static void print_text(const bench_args *a, const bench_report *r)
+/* The ceiling a precision's achieved rate is divided by: its own matmul
+ * type's (int8 runs its ViT Linears in s8, the rest in bf16; the s8 rate is
+ * the stricter yardstick). */
+static double ceiling_of(const bench_ceilings *c, int p)
 {
-    double achieved = r->gflop / r->forward_s;
-    printf("hadm bench: %s %s (%s), %dx%d image, %d threads, cpu\n", r->variant,
-           a->model_path ? "from file" : a->full ? "full" : "tiny", a->model_path ? a->model_path : "synthetic",
-           IMAGE_SIDE, IMAGE_SIDE, r->threads);
-    printf("ceilings:  f32 matmul peak %.1f GFLOP/s (best sgemm of %d^3 and the ViT MLP shape, median of %d,"
-           " best of before/after), "
-           "bandwidth %.1f GB/s triad, %.1f GB/s copy\n",
-           r->peak_gflops, a->full ? PEAK_DIM : PEAK_DIM_TINY, PEAK_REPS, r->bw_triad_gbs, r->bw_copy_gbs);
-    printf("load:      %.2f s\n", r->load_s);
-    printf("f32:       forward %.3f s (median of %d)\n", r->forward_s, a->reps);
-    printf("  stages:  preprocess %.3f  backbone %.3f  fpn %.3f  rpn %.3f  roi_heads %.3f  "
-           "postprocess %.3f s\n",
-           r->stage.preprocess, r->stage.backbone, r->stage.fpn, r->stage.rpn, r->stage.roi_heads,
-           r->stage.postprocess);
-    printf("  work:    %.1f GFLOP, %.1f GFLOP/s achieved = %.1f%% of the matmul peak\n", r->gflop,
-           achieved, 100.0 * achieved / r->peak_gflops);
-    printf("  memory:  peak RSS %.2f GB\n", (double)r->peak_rss_bytes / 1e9);
+    return p == 0 ? c->f32 : p == 1 ? c->bf16 : c->s8;
 }
 
-static void print_json(const bench_args *a, const bench_report *r)
+static void print_text(const bench_args *a, const bench_ceilings *c, const prec_report *r)
 {
-    double achieved = r->gflop / r->forward_s;
-    printf("{\"model\": \"%s\", \"size\": \"%s\", \"synthetic\": %s, \"image\": [%d, %d], "
-           "\"threads\": %d, \"device\": \"cpu\", \"reps\": %d, \"load_s\": %.6g,\n",
-           r->variant, a->full ? "full" : "tiny", a->model_path ? "false" : "true", IMAGE_SIDE,
-           IMAGE_SIDE, r->threads, a->reps, r->load_s);
-    printf(" \"peak_gflops\": {\"f32\": %.6g}, \"peak_sgemm_dim\": %d, \"bandwidth_gbs\": %.6g, \"bandwidth_copy_gbs\": %.6g,\n",
-           r->peak_gflops, a->full ? PEAK_DIM : PEAK_DIM_TINY, r->bw_triad_gbs, r->bw_copy_gbs);
-    printf(" \"precisions\": {\"f32\": {\"forward_s\": %.6g, \"stage_s\": {\"preprocess\": %.6g, "
-           "\"backbone\": %.6g, \"fpn\": %.6g, \"rpn\": %.6g, \"roi_heads\": %.6g, "
-           "\"postprocess\": %.6g}, \"gflop\": %.6g, \"achieved_gflops\": %.6g, "
-           "\"ratio_to_peak\": %.6g, \"peak_rss_bytes\": %lld}}}\n",
-           r->forward_s, r->stage.preprocess, r->stage.backbone, r->stage.fpn, r->stage.rpn,
-           r->stage.roi_heads, r->stage.postprocess, r->gflop, achieved, achieved / r->peak_gflops,
-           r->peak_rss_bytes);
+    printf("hadm bench: HADM-L %s (%s), %dx%d image, %d threads, cpu\n",
+           a->model_path ? "from file" : a->full ? "full" : "tiny", a->model_path ? a->model_path : "synthetic",
+           IMAGE_SIDE, IMAGE_SIDE, c->threads);
+    printf("ceilings:  matmul f32 %.1f GFLOP/s, bf16 %.1f GFLOP/s, s8 %.1f GOP/s (packed, best of the %d^3\n"
+           "           and ViT MLP shapes, median of 5, best of before/after); bandwidth %.1f GB/s triad, "
+           "%.1f GB/s copy\n",
+           c->f32, c->bf16, c->s8, a->full ? PEAK_DIM : PEAK_DIM_TINY, c->bw_triad_gbs, c->bw_copy_gbs);
+    for (int p = 0; p < NPREC; p++) {
+        if (!a->want[p])
+            continue;
+        const prec_report *q = &r[p];
+        if (!q->ok) {
+            printf("%-5s      failed: %s\n", PREC_NAME[p], q->error);
+            continue;
+        }
+        double achieved = q->gflop / q->forward_s;
+        printf("%-5s      forward %.3f s (median of %d; load %.2f s)", PREC_NAME[p], q->forward_s, a->reps,
+               q->load_s);
+        if (p > 0 && r[0].ok)
+            printf(" = %.2fx f32", r[0].forward_s / q->forward_s);
+        printf("\n  stages:  preprocess %.3f  backbone %.3f  fpn %.3f  rpn %.3f  roi_heads %.3f  "
+               "postprocess %.3f s\n",
+               q->stage.preprocess, q->stage.backbone, q->stage.fpn, q->stage.rpn, q->stage.roi_heads,
+               q->stage.postprocess);
+        printf("  work:    %.1f GFLOP, %.1f GFLOP/s achieved = %.1f%% of the %s matmul ceiling\n", q->gflop,
+               achieved, 100.0 * achieved / ceiling_of(c, p), p == 2 ? "s8" : PREC_NAME[p]);
+        printf("  memory:  peak RSS %.2f GB", (double)q->peak_rss_bytes / 1e9);
+        if (q->both_rss_bytes)
+            printf("; HADM-L + HADM-G loaded, one forward each: peak RSS %.2f GB",
+                   (double)q->both_rss_bytes / 1e9);
+        printf("\n");
+    }
+}
+
+static void print_json(const bench_args *a, const bench_ceilings *c, const prec_report *r)
+{
+    printf("{\"model\": \"HADM-L\", \"size\": \"%s\", \"synthetic\": %s, \"image\": [%d, %d], "
+           "\"threads\": %d, \"device\": \"cpu\", \"reps\": %d,\n",
+           a->full ? "full" : "tiny", a->model_path ? "false" : "true", IMAGE_SIDE, IMAGE_SIDE, c->threads,
+           a->reps);
+    printf(" \"peak_gflops\": {\"f32\": %.6g, \"bf16\": %.6g, \"int8\": %.6g}, \"peak_dim\": %d, "
+           "\"bandwidth_gbs\": %.6g, \"bandwidth_copy_gbs\": %.6g,\n \"precisions\": {",
+           c->f32, c->bf16, c->s8, a->full ? PEAK_DIM : PEAK_DIM_TINY, c->bw_triad_gbs, c->bw_copy_gbs);
+    const char *sep = "";
+    for (int p = 0; p < NPREC; p++) {
+        const prec_report *q = &r[p];
+        if (!a->want[p] || !q->ok)
+            continue;
+        double achieved = q->gflop / q->forward_s;
+        printf("%s\n  \"%s\": {\"load_s\": %.6g, \"forward_s\": %.6g, \"stage_s\": {\"preprocess\": %.6g, "
+               "\"backbone\": %.6g, \"fpn\": %.6g, \"rpn\": %.6g, \"roi_heads\": %.6g, \"postprocess\": %.6g}, "
+               "\"gflop\": %.6g, \"achieved_gflops\": %.6g, \"ratio_to_peak\": %.6g, \"speedup_vs_f32\": %.6g, "
+               "\"peak_rss_bytes\": %lld, \"both_models_peak_rss_bytes\": %lld}",
+               sep, PREC_NAME[p], q->load_s, q->forward_s, q->stage.preprocess, q->stage.backbone, q->stage.fpn,
+               q->stage.rpn, q->stage.roi_heads, q->stage.postprocess, q->gflop, achieved,
+               achieved / ceiling_of(c, p), r[0].ok ? r[0].forward_s / q->forward_s : 0.0,
+               q->peak_rss_bytes, q->both_rss_bytes);
+        sep = ",";
+    }
+    printf("}}\n");
+}
+
+static int measure_ceilings(const bench_args *a, bench_ceilings *c)
+{
+    hadm_error err = {0};
+    bench_ceilings again = {0};
+    int dim = a->full ? PEAK_DIM : PEAK_DIM_TINY;
+    if (bench_measure_matmul(a->threads, dim, c->f32 ? &again : c, &err) ||
+        (!c->bw_triad_gbs && bench_measure_bandwidth(c->threads, c, &err))) {
+        cli_error("bench: %s", err.msg);
+        return 1;
+    }
+    /* Other work on a shared machine can slow a measurement: the ceilings are
+     * measured again after the forwards and the higher kept, so a disturbed
+     * first measurement cannot inflate the ratios. */
+    c->f32 = again.f32 > c->f32 ? again.f32 : c->f32;
+    c->bf16 = again.bf16 > c->bf16 ? again.bf16 : c->bf16;
+    c->s8 = again.s8 > c->s8 ? again.s8 : c->s8;
+    return 0;
+}
+
+/* Synthetic HADM-L (and HADM-G for --rss-both) in temp files. */
+static int make_models(const bench_args *a, char paths[2][4096])
+{
+    const char *dir = getenv("TMPDIR");
+    for (int i = 0; i < 1 + a->rss_both; i++) {
+        snprintf(paths[i], 4096, "%s/hadm-bench-XXXXXX.safetensors", dir && *dir ? dir : "/tmp");
+        int fd = mkstemps(paths[i], 12);
+        if (fd < 0) {
+            cli_error("bench: cannot create %s: %s", paths[i], strerror(errno));
+            paths[i][0] = 0;
+            return 1;
+        }
+        close(fd);
+        if (!a->json)
+            fprintf(stderr, "hadm: writing a %s synthetic HADM-%c to %s...\n", a->full ? "full-size" : "tiny",
+                    i ? 'G' : 'L', paths[i]);
+        synth_job sj = {a, i ? 'g' : 'l', paths[i]};
+        prec_report r;
+        if (in_child(synth_child, &sj, &r)) {
+            cli_error("bench: %s", r.error);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 int cmd_bench(int argc, char **argv)
@@ -483,37 +450,41 @@ int cmd_bench(int argc, char **argv)
     int rc = parse_bench_args(argc, argv, &a);
     if (rc >= 0)
         return rc;
-    bench_report r = {0};
-    hadm_error err = {0};
-    int peak_dim = a.full ? PEAK_DIM : PEAK_DIM_TINY;
+    if (a.model_path && a.rss_both) {
+        cli_error("--rss-both needs the synthetic models (drop --model)");
+        return 2;
+    }
+    bench_ceilings c = {0};
     if (!a.json)
-        fprintf(stderr, "hadm: measuring the matmul peak and memory bandwidth...\n");
-    if (measure_peak(a.threads, peak_dim, &r.peak_gflops, &r.threads, &err) ||
-        measure_bandwidth(r.threads, &r.bw_copy_gbs, &r.bw_triad_gbs, &err)) {
-        cli_error("bench: %s", err.msg);
+        fprintf(stderr, "hadm: measuring matmul ceilings (f32, bf16, s8) and memory bandwidth...\n");
+    if (measure_ceilings(&a, &c))
         return 1;
+    char paths[2][4096] = {"", ""};
+    rc = a.model_path ? 0 : make_models(&a, paths);
+    prec_report r[NPREC];
+    memset(r, 0, sizeof r);
+    for (int p = 0; !rc && p < NPREC; p++) {
+        if (!a.want[p])
+            continue;
+        forward_job fj = {&a, p, {a.model_path ? a.model_path : paths[0], paths[1]}, c.threads};
+        in_child(forward_child, &fj, &r[p]);
+        prec_report both;
+        if (r[p].ok && a.rss_both) {
+            if (in_child(both_child, &fj, &both))
+                snprintf(r[p].error, sizeof r[p].error, "both models: %.500s", both.error), r[p].ok = 0;
+            r[p].both_rss_bytes = both.both_rss_bytes;
+        }
+        if (!r[p].ok)
+            rc = 1;
     }
-    hadm_model *m = NULL;
-    if (open_bench_model(&a, r.threads, &m, &r.load_s))
+    for (int i = 0; i < 2; i++)
+        if (paths[i][0])
+            unlink(paths[i]);
+    if (measure_ceilings(&a, &c))
         return 1;
-    r.variant = hadm_model_variant(m);
-    rc = time_forwards(&a, m, &r);
-    if (!rc) {
-        struct rusage ru;
-        getrusage(RUSAGE_SELF, &ru);
-        r.peak_rss_bytes = (long long)ru.ru_maxrss * 1024;
-        /* Other work on a shared machine can slow either measurement: the peak
-         * is measured again after the forwards and the higher one kept, so a
-         * disturbed first measurement cannot inflate the ratio. */
-        double again = 0;
-        int t_again = 0;
-        if (!measure_peak(a.threads, peak_dim, &again, &t_again, &err) && again > r.peak_gflops)
-            r.peak_gflops = again;
-        if (a.json)
-            print_json(&a, &r);
-        else
-            print_text(&a, &r);
-    }
-    hadm_model_close(m);
+    if (a.json)
+        print_json(&a, &c, r);
+    else
+        print_text(&a, &c, r);
     return rc;
 }

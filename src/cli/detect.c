@@ -13,9 +13,11 @@
 #include <unistd.h>
 
 #include "cli/annotate.h"
+#include "io/image_encode.h"
 #include "cli/cli.h"
 #include "cli/detect_output.h"
 #include "cli/modelpath.h"
+#include "engine/device_plan.h"
 #include "hadm.h"
 #include "util/timer.h"
 
@@ -25,6 +27,7 @@ enum { MODE_LOCAL = 1, MODE_GLOBAL = 2, MODE_BOTH = 3 };
 typedef struct {
     const char *models_dir, *local, *global, *annotate_dir;
     int mode;                       /* 0 = pick from the available models */
+    image_format annotate_format;
     detect_format format;
     hadm_open_options open;
     hadm_detect_options det;
@@ -47,8 +50,10 @@ static void detect_usage(FILE *out)
 {
     fprintf(out,
             "usage: hadm detect [--models DIR | --local F --global F] [--mode local|global|both]\n"
-            "                   [--format json|jsonl|table] [--annotate OUTDIR] [--threads N]\n"
-            "                   [--device cpu|cuda[:i]] [--channel-order rgb|bgr]\n"
+            "                   [--format json|jsonl|table] [--annotate OUTDIR]\n"
+            "                   [--annotate-format jpeg|png] [--threads N]\n"
+            "                   [--device cpu|cuda[:i]] [--gpu-memory-fraction F]\n"
+            "                   [--channel-order rgb|bgr]\n"
             "                   [--min-score S] [--allow-truncated] IMAGE|DIR...\n\n"
             "Runs HADM-L (local artifacts) and/or HADM-G (global artifacts) on each image and\n"
             "prints the detections in original-image pixels.\n\n"
@@ -58,9 +63,13 @@ static void detect_usage(FILE *out)
             "  --mode M           local, global or both (default: every model available)\n"
             "  --format F         json (default; an array unless a single IMAGE file is given),\n"
             "                     jsonl (one object per line) or table\n"
-            "  --annotate OUTDIR  also write each image with its boxes drawn, as a JPEG\n"
+            "  --annotate OUTDIR  also write each image with its boxes and labels drawn\n"
+            "                     (HADM-L in warm colours, HADM-G in cool ones)\n"
+            "  --annotate-format F  jpeg (default; OUTDIR/NAME.jpg) or png (NAME.png, lossless)\n"
             "  --threads N        compute threads per model (default: all cores)\n"
             "  --device D         cpu (default) or cuda[:i]\n"
+            "  --gpu-memory-fraction F  share of the GPU's memory the models may use (default 0.95)\n"
+            "  --precision P      auto (default: follow the model file), f32, bf16 or int8\n"
             "  --channel-order C  rgb (default, what the models were trained on) or bgr\n"
             "                     (reproduces the authors' demo script and Python server)\n"
             "  --min-score S      drop detections scoring below S (0..1)\n"
@@ -103,18 +112,7 @@ static int parse_int(const char *s, long lo, long hi, int *out)
 
 static int parse_device(const char *v, hadm_open_options *o)
 {
-    if (!strcmp(v, "cpu")) {
-        o->device = HADM_DEVICE_CPU;
-        o->device_index = 0;
-        return 0;
-    }
-    if (!strcmp(v, "cuda")) {
-        o->device = HADM_DEVICE_CUDA;
-        o->device_index = 0;
-        return 0;
-    }
-    o->device = HADM_DEVICE_CUDA;
-    return strncmp(v, "cuda:", 5) == 0 ? parse_int(v + 5, 0, 255, &o->device_index) : -1;
+    return device_parse(v, &o->device, &o->device_index, NULL) ? -1 : 0;
 }
 
 /* Applies one option with its value; returns 0, or 2 after printing why. */
@@ -132,6 +130,10 @@ static int apply_option(detect_args *a, const char *name, const char *v)
         a->global = v;
     else if (!strcmp(name, "--annotate"))
         a->annotate_dir = v;
+    else if (!strcmp(name, "--annotate-format")) {
+        if (image_format_parse(v, &a->annotate_format))
+            goto bad;
+    }
     else if (!strcmp(name, "--mode")) {
         a->mode = !strcmp(v, "local") ? MODE_LOCAL : !strcmp(v, "global") ? MODE_GLOBAL
                 : !strcmp(v, "both") ? MODE_BOTH : -1;
@@ -152,6 +154,12 @@ static int apply_option(detect_args *a, const char *name, const char *v)
     } else if (!strcmp(name, "--device")) {
         if (parse_device(v, &a->open))
             goto bad;
+    } else if (!strcmp(name, "--gpu-memory-fraction")) {
+        if (device_parse_fraction(v, &a->open.gpu_memory_fraction, NULL))
+            goto bad;
+    } else if (!strcmp(name, "--precision")) {
+        if (hadm_precision_parse(v, &a->open.precision))
+            goto bad;
     } else if (!strcmp(name, "--channel-order")) {
         if (strcasecmp(v, "rgb") && strcasecmp(v, "bgr"))
             goto bad;
@@ -170,8 +178,8 @@ bad:
 }
 
 static const char *const VALUE_OPTIONS[] = {
-    "--models", "--local", "--global", "--annotate", "--mode", "--format",
-    "--threads", "--device", "--channel-order", "--min-score",
+    "--models", "--local", "--global", "--annotate", "--annotate-format", "--mode", "--format",
+    "--threads", "--device", "--gpu-memory-fraction", "--precision", "--channel-order", "--min-score",
 };
 
 /* Returns -1 to go on, else the exit code (0 after --help). */
@@ -216,6 +224,10 @@ static int parse_args(int argc, char **argv, detect_args *a)
     }
     if (a->ninputs == 0) {
         cli_error("no images given (see hadm detect --help)");
+        return 2;
+    }
+    if (a->annotate_format != IMAGE_JPEG && !a->annotate_dir) {
+        cli_error("--annotate-format needs --annotate OUTDIR");
         return 2;
     }
     return -1;
@@ -528,7 +540,7 @@ int cmd_detect(int argc, char **argv)
     r.args = &a;
     path_list images = {0};
     hadm_error err = {0};
-    if (code < 0 && a.annotate_dir && annotator_init(&r.annot, a.annotate_dir, &err)) {
+    if (code < 0 && a.annotate_dir && annotator_init(&r.annot, a.annotate_dir, a.annotate_format, &err)) {
         cli_error("%s", err.msg);
         code = 1;
     }

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "engine/device_plan.h"
 #include "hadm.h"
 #include "sched/log.h"
 #include "sched/queue.h"
@@ -24,6 +25,7 @@ static const char USAGE[] =
     "                  [--lazy | --preload] [--channel-order rgb|bgr]\n"
     "                  [--max-batch N] [--batch-timeout-ms T] [--max-queue N]\n"
     "                  [--api-key K | --api-key-file F] [--device cpu|cuda[:i]] [--threads N]\n"
+    "                  [--gpu-memory-fraction F]\n"
     "\n"
     "Serves HADM-L/HADM-G over HTTP (HADM-Server compatible routes, KServe v2, /metrics).\n"
     "\n"
@@ -42,6 +44,9 @@ static const char USAGE[] =
     "  --api-key K           require this key (repeatable; also $HADM_API_KEY)\n"
     "  --api-key-file F      keys from a file, one per line\n"
     "  --device D            cpu (default) or cuda[:i]\n"
+    "  --gpu-memory-fraction F  share of the GPU's memory both models may use, in (0, 1]\n"
+    "                        (default 0.95); a model that does not fit fails to load\n"
+    "  --precision P         auto (default: follow the model files), f32, bf16 or int8\n"
     "  --threads N           threads per inference (default: all cores, or half each\n"
     "                        when there are enough cores to run both models at once)\n"
     "  --timeout-ms N        deadline of a detect request, 504 beyond (default 120000)\n"
@@ -59,7 +64,9 @@ static const char USAGE[] =
     "                        loopback and link-local addresses are fetched only when\n"
     "                        listed literally, e.g. --url-allow 127.0.0.1\n"
     "  --http-threads N      HTTP I/O threads (default 2)\n"
-    "  --port-file F         write the bound port to F once listening\n";
+    "  --port-file F         write the bound port to F once listening\n"
+    "  --idle-timeout-s N    close a connection silent for N s (default 60); a request\n"
+    "                        body must also arrive within --timeout-ms\n";
 
 typedef struct {
     server_config srv;
@@ -120,19 +127,10 @@ static int read_key_file(serve_opts *o, const char *path)
 
 static int parse_device(serve_opts *o, const char *s)
 {
-    if (s && !strcmp(s, "cpu")) {
-        o->open.device = HADM_DEVICE_CPU;
+    hadm_error err = {0};
+    if (!device_parse(s, &o->open.device, &o->open.device_index, &err))
         return 0;
-    }
-    if (s && !strncmp(s, "cuda", 4) && (s[4] == '\0' || s[4] == ':')) {
-        long i = 0;
-        if (s[4] == ':' && parse_long("--device cuda:", s + 5, 0, 64, &i))
-            return -1;
-        o->open.device = HADM_DEVICE_CUDA;
-        o->open.device_index = (int)i;
-        return 0;
-    }
-    cli_error("--device must be cpu or cuda[:i], got '%s'", s ? s : "");
+    cli_error("--device: %s", err.msg);
     return -1;
 }
 
@@ -183,6 +181,15 @@ static int parse_args(int argc, char **argv, serve_opts *o)
             o->key_file = val;
         else if (!strcmp(a, "--device"))
             bad = parse_device(o, val);
+        else if (!strcmp(a, "--gpu-memory-fraction")) {
+            hadm_error err = {0};
+            if ((bad = device_parse_fraction(val, &o->open.gpu_memory_fraction, &err) != 0))
+                cli_error("%s", err.msg);
+        }
+        else if (!strcmp(a, "--precision")) {
+            if ((bad = hadm_precision_parse(val, &o->open.precision) != 0))
+                cli_error("--precision must be auto, f32, bf16 or int8");
+        }
         else if (!strcmp(a, "--threads"))
             bad = parse_long(a, val, 1, 1024, &v), o->threads = (int)v;
         else if (!strcmp(a, "--timeout-ms"))
@@ -209,6 +216,8 @@ static int parse_args(int argc, char **argv, serve_opts *o)
             bad = parse_long(a, val, 1, 64, &v), o->srv.http_threads = (int)v;
         else if (!strcmp(a, "--port-file"))
             o->srv.port_file = val;
+        else if (!strcmp(a, "--idle-timeout-s"))
+            bad = parse_long(a, val, 1, 3600, &v), o->srv.idle_timeout_s = (int)v;
         else {
             cli_error("unknown option '%s' (see hadm serve --help)", a);
             return 2;
@@ -237,6 +246,7 @@ static void defaults(serve_opts *o)
     o->srv.max_body = (size_t)50 << 20;
     o->srv.max_pixels = o->sch.max_pixels = HADM_DEFAULT_MAX_PIXELS;
     o->srv.request_timeout_ms = 120000;
+    o->srv.idle_timeout_s = 60;
     o->srv.max_batch_images = SCHED_BATCH_MAX;
     o->sch.max_batch = 4;
     o->sch.batch_timeout_ms = 5;

@@ -10,35 +10,79 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/cuda_hooks.h"
 #include "engine/synth.h"
 #include "engine/weights.h"
 #include "util/err.h"
+
+static hadm_status check_shape(const st_tensor *t, const char *name, int ndim, const int64_t *shape,
+                               hadm_error *err)
+{
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++)
+        ok = t->shape[i] == shape[i];
+    if (ok)
+        return HADM_OK;
+    char got[128] = "", want[128] = "";
+    for (int i = 0; i < t->ndim; i++)
+        snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? "," : "", (long long)t->shape[i]);
+    for (int i = 0; i < ndim; i++)
+        snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", i ? "," : "", (long long)shape[i]);
+    return hadm_fail(err, HADM_ERR_FORMAT, "tensor '%s' has shape [%s], config implies [%s]", name, got,
+                     want);
+}
+
+/* Weights (".weight" tensors of 2+ dims) may also be BF16, F16 or I8 (files
+ * from hadm quantize); everything else must be F32. */
+static int reduced_allowed(const char *name, int ndim)
+{
+    size_t n = strlen(name);
+    return ndim >= 2 && n > 7 && !strcmp(name + n - 7, ".weight");
+}
 
 static hadm_status check_tensor(const st_tensor *t, const char *name, int ndim,
                                 const int64_t *shape, hadm_error *err)
 {
     if (!t)
         return hadm_fail(err, HADM_ERR_FORMAT, "tensor '%s' is missing", name);
-    if (t->dtype != ST_F32)
-        return hadm_fail(err, HADM_ERR_FORMAT, "tensor '%s' has dtype %s, expected F32", name,
-                         st_dtype_name(t->dtype));
+    int reduced = t->dtype == ST_BF16 || t->dtype == ST_F16 || t->dtype == ST_I8;
+    if (t->dtype != ST_F32 && !(reduced && reduced_allowed(name, ndim)))
+        return hadm_fail(err, HADM_ERR_FORMAT, "tensor '%s' has dtype %s, expected F32%s", name,
+                         st_dtype_name(t->dtype), reduced_allowed(name, ndim) ? ", BF16, F16 or I8" : "");
     /* The weights are used in place from the mapping, so they must sit on
      * their element size (writers pad the header to 8 bytes for this). */
-    if ((uintptr_t)t->data % sizeof(float))
+    size_t esz = st_dtype_size(t->dtype);
+    if ((uintptr_t)t->data % esz)
         return hadm_fail(err, HADM_ERR_FORMAT,
-                         "tensor '%s' is not 4-byte aligned in the file (header not padded?)", name);
-    int ok = t->ndim == ndim;
-    for (int i = 0; ok && i < ndim; i++)
-        ok = t->shape[i] == shape[i];
-    if (!ok) {
-        char got[128] = "", want[128] = "";
-        for (int i = 0; i < t->ndim; i++)
-            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? "," : "", (long long)t->shape[i]);
-        for (int i = 0; i < ndim; i++)
-            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", i ? "," : "", (long long)shape[i]);
-        return hadm_fail(err, HADM_ERR_FORMAT, "tensor '%s' has shape [%s], config implies [%s]",
-                         name, got, want);
-    }
+                         "tensor '%s' is not %zu-byte aligned in the file (header not padded?)", name, esz);
+    return check_shape(t, name, ndim, shape, err);
+}
+
+hadm_status model_weight_part(const struct hadm_model *m, const char *name, int ndim,
+                              const int64_t *shape, ops_wpart *out, hadm_error *err)
+{
+    const st_tensor *t = st_find(m->file, name);
+    hadm_status s = check_tensor(t, name, ndim, shape, err);
+    if (s)
+        return s;
+    static const ops_src_type types[] = {[ST_F32] = OPS_SRC_F32, [ST_BF16] = OPS_SRC_BF16,
+                                         [ST_F16] = OPS_SRC_F16, [ST_I8] = OPS_SRC_S8};
+    *out = (ops_wpart){t->data, types[t->dtype], NULL, (int)shape[0]};
+    if (t->dtype != ST_I8)
+        return HADM_OK;
+    char key[200];
+    snprintf(key, sizeof key, "%s_scale", name);
+    const st_tensor *sc = st_find(m->file, key);
+    if (!sc)
+        return hadm_fail(err, HADM_ERR_FORMAT, "int8 tensor '%s' has no '%s'", name, key);
+    if ((s = check_tensor(sc, key, 1, shape, err)))
+        return s;
+    const float *v = sc->data;
+    for (int64_t i = 0; i < shape[0]; i++)
+        if (!(v[i] > 0) || !isfinite(v[i]))
+            return hadm_fail(err, HADM_ERR_FORMAT, "'%s'[%lld] is %g, expected a positive scale", key,
+                             (long long)i, v[i]);
+    out->scale = v;
     return HADM_OK;
 }
 
@@ -53,22 +97,76 @@ hadm_status model_tensor(const struct hadm_model *m, const char *name, const flo
     va_end(ap);
     const st_tensor *t = st_find(m->file, name);
     hadm_status s = check_tensor(t, name, ndim, shape, err);
+    if (!s && t->dtype != ST_F32)
+        s = hadm_fail(err, HADM_ERR_FORMAT, "tensor '%s' has dtype %s, expected F32", name,
+                      st_dtype_name(t->dtype));
     if (!s)
         *out = t->data;
     return s;
 }
 
+static int is_vit_linear(const char *name)
+{
+    static const char *const ends[] = {".attn.q_proj.weight", ".attn.k_proj.weight", ".attn.v_proj.weight",
+                                       ".attn.proj.weight",   ".mlp.w1.weight",      ".mlp.w2.weight",
+                                       ".mlp.w3.weight"};
+    size_t n = strlen(name);
+    if (strncmp(name, "backbone.net.blocks.", 20))
+        return 0;
+    for (size_t i = 0; i < sizeof ends / sizeof ends[0]; i++) {
+        size_t e = strlen(ends[i]);
+        if (n > e && !strcmp(name + n - e, ends[i]))
+            return 1;
+    }
+    return 0;
+}
+
+static float *model_own(struct hadm_model *m, size_t bytes)
+{
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        void **p = realloc(m->owned, (size_t)cap * sizeof *p);
+        if (!p)
+            return NULL;
+        m->owned = p;
+        m->cap_owned = cap;
+    }
+    float *buf = malloc(bytes ? bytes : 1);
+    if (buf)
+        m->owned[m->n_owned++] = buf;
+    return buf;
+}
+
+/* F32 tensors are used in place. A reduced-precision weight is expanded to an
+ * owned f32 copy, except the ViT Linear weights: those are only ever used
+ * packed, and are packed straight from the file (model_pack_block). */
 static hadm_status bind_visit(void *user, const char *name, int ndim, const int64_t *shape,
                               const float **slot, hadm_error *err)
 {
     struct hadm_model *m = user;
-    const st_tensor *t = st_find(m->file, name);
-    hadm_status s = check_tensor(t, name, ndim, shape, err);
-    if (!s && slot)
-        *slot = t->data;
-    if (!s)
-        m->params += t->numel;
-    return s;
+    ops_wpart part;
+    hadm_status s = model_weight_part(m, name, ndim, shape, &part, err);
+    if (s)
+        return s;
+    int64_t numel = 1;
+    for (int i = 0; i < ndim; i++)
+        numel *= shape[i];
+    m->params += numel;
+    if (!slot || part.type == OPS_SRC_F32) {
+        if (slot)
+            *slot = part.data;
+        return HADM_OK;
+    }
+    if (is_vit_linear(name)) {
+        *slot = NULL;
+        return HADM_OK;
+    }
+    float *buf = model_own(m, (size_t)numel * sizeof *buf);
+    if (!buf)
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory expanding '%s'", name);
+    ops_part_to_f32(&part, numel / shape[0], numel, buf);
+    *slot = buf;
+    return HADM_OK;
 }
 
 /* PyTorch bicubic (A = -0.75, align_corners=False) weights for one output index. */
@@ -187,29 +285,72 @@ static void take_pixel_stats(struct hadm_model *m)
     }
 }
 
+static ops_dtype packed_type(hadm_precision p)
+{
+    return p == HADM_PRECISION_BF16 ? OPS_BF16 : p == HADM_PRECISION_INT8 ? OPS_S8 : OPS_F32;
+}
+
+/* Packs the named [rows][K] weights of block i, stacked, in the model's
+ * precision; then drops their mapped pages, which are not read again. */
+static hadm_status pack_stack(struct hadm_model *m, ops_ctx *ctx, int i, const char *const *names, int n,
+                              int rows, int K, ops_packed **out, hadm_error *err)
+{
+    ops_wpart parts[3];
+    int64_t shape[2] = {rows, K};
+    hadm_status s = HADM_OK;
+    for (int j = 0; !s && j < n; j++) {
+        char name[160];
+        snprintf(name, sizeof name, "backbone.net.blocks.%d.%s.weight", i, names[j]);
+        s = model_weight_part(m, name, 2, shape, &parts[j], err);
+    }
+    int G = m->cfg.img_size / m->cfg.patch;
+    if (s || (s = ops_pack_parts(ctx, G * G, K, parts, n, packed_type(m->precision), out, err)))
+        return s;
+    for (int j = 0; j < n; j++) {
+        size_t esz = parts[j].type == OPS_SRC_F32 ? 4 : parts[j].type == OPS_SRC_S8 ? 1 : 2;
+        st_release_pages(m->file, parts[j].data, (size_t)rows * K * esz);
+    }
+    return HADM_OK;
+}
+
+static float *stack_bias(struct hadm_model *m, const float *const *parts, int n, int len)
+{
+    float *b = model_own(m, (size_t)n * len * sizeof *b);
+    for (int j = 0; b && j < n; j++) {
+        if (parts[j])
+            memcpy(b + (size_t)j * len, parts[j], (size_t)len * sizeof *b);
+        else
+            memset(b + (size_t)j * len, 0, (size_t)len * sizeof *b);
+    }
+    return b;
+}
+
 /* The ViT's Linear weights are 80% of the work (spec 8): they are reordered
- * once for the 4096-row matmuls they serve, after which the kernel may drop
- * the mapped originals so the model is not held twice in memory. */
+ * once for the 4096-row matmuls they serve, in the model's precision, after
+ * which the mapped originals are dropped so the model is not held twice. */
 hadm_status model_pack_block(const struct hadm_model *cm, int i, ops_ctx *ctx, hadm_error *err)
 {
     struct hadm_model *m = (struct hadm_model *)cm;   /* the pack cache is the mutable part */
-    const hadm_config *c = &m->cfg;
-    int G = c->img_size / c->patch, D = c->embed_dim, F = c->mlp_hidden;
+    int D = m->cfg.embed_dim, F = m->cfg.mlp_hidden;
     vit_block_w *b = &m->w.blocks[i];
+    static const char *const qkv[] = {"attn.q_proj", "attn.k_proj", "attn.v_proj"};
+    static const char *const proj[] = {"attn.proj"}, *const w12[] = {"mlp.w1", "mlp.w2"}, *const w3[] = {"mlp.w3"};
     hadm_status s = HADM_OK;
     pthread_mutex_lock(&m->pack_lock);
-    if (!b->packed && !getenv("HADM_NO_PACK")) {
-        struct { const float *w; ops_packed **pk; int n, k; } jobs[7] = {
-            {b->q_w, &b->q_pk, D, D},     {b->k_w, &b->k_pk, D, D},   {b->v_w, &b->v_pk, D, D},
-            {b->proj.w, &b->proj_pk, D, D}, {b->w1.w, &b->w1_pk, F, D}, {b->w2.w, &b->w2_pk, F, D},
-            {b->w3.w, &b->w3_pk, D, F}};
-        for (int j = 0; !s && j < 7; j++) {
-            s = ops_pack_weights(ctx, G * G, jobs[j].n, jobs[j].k, jobs[j].w, jobs[j].pk, err);
-            if (!s)
-                st_release_pages(m->file, jobs[j].w, (size_t)jobs[j].n * jobs[j].k * sizeof(float));
-        }
+    if (!b->packed) {
+        const float *qkv_b[3] = {b->q_bias, NULL, b->v_bias}, *w12_b[2] = {b->w1.b, b->w2.b};
+        if (!(b->qkv_b = stack_bias(m, qkv_b, 3, D)) || !(b->w12_b = stack_bias(m, w12_b, 2, F)))
+            s = hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+        if (!s)
+            s = pack_stack(m, ctx, i, qkv, 3, D, D, &b->qkv_pk, err);
+        if (!s)
+            s = pack_stack(m, ctx, i, proj, 1, D, D, &b->proj_pk, err);
+        if (!s)
+            s = pack_stack(m, ctx, i, w12, 2, F, D, &b->w12_pk, err);
+        if (!s)
+            s = pack_stack(m, ctx, i, w3, 1, D, F, &b->w3_pk, err);
+        b->packed = !s;
     }
-    b->packed = !s;
     pthread_mutex_unlock(&m->pack_lock);
     return s;
 }
@@ -218,8 +359,8 @@ static void unpack_vit(struct hadm_model *m)
 {
     for (int i = 0; i < CFG_MAX_BLOCKS; i++) {
         vit_block_w *b = &m->w.blocks[i];
-        ops_packed **all[7] = {&b->q_pk, &b->k_pk, &b->v_pk, &b->proj_pk, &b->w1_pk, &b->w2_pk, &b->w3_pk};
-        for (int j = 0; j < 7; j++) {
+        ops_packed **all[4] = {&b->qkv_pk, &b->proj_pk, &b->w12_pk, &b->w3_pk};
+        for (int j = 0; j < 4; j++) {
             ops_packed_free(*all[j]);
             *all[j] = NULL;
         }
@@ -236,6 +377,12 @@ static hadm_status model_prepare(struct hadm_model *m, hadm_error *err)
                                  st_meta(m->file, "hadm.variant"), st_meta(m->file, "hadm.classes"), err);
     if (s)
         return s;
+    if (m->precision == HADM_PRECISION_AUTO) {
+        const st_tensor *t = st_find(m->file, "backbone.net.blocks.0.mlp.w1.weight");
+        st_dtype dt = t ? t->dtype : ST_F32;
+        m->precision = dt == ST_I8 ? HADM_PRECISION_INT8
+                       : dt == ST_BF16 || dt == ST_F16 ? HADM_PRECISION_BF16 : HADM_PRECISION_F32;
+    }
     if ((s = weights_enumerate(&m->cfg, &m->w, bind_visit, m, err)))
         return s;
     if (m->cfg.use_abs_pos && (s = make_pos_embed(m, err)))
@@ -256,6 +403,7 @@ static struct hadm_model *model_new(const hadm_open_options *opt)
     pthread_mutex_init(&m->pool_lock, NULL);
     pthread_mutex_init(&m->pack_lock, NULL);
     m->threads = opt && opt->threads > 0 ? opt->threads : 0;
+    m->precision = opt ? opt->precision : HADM_PRECISION_AUTO;
     return m;
 }
 
@@ -265,13 +413,20 @@ hadm_status hadm_model_open(const char *path, const hadm_open_options *opt, hadm
     if (!path || !out)
         return hadm_fail(err, HADM_ERR_ARG, "hadm_model_open: NULL argument");
     *out = NULL;
-    if (opt && opt->device != HADM_DEVICE_CPU)
-        return hadm_fail(err, HADM_ERR_UNSUPPORTED, "%s: this build has no CUDA backend", path);
+    if (opt && (unsigned)opt->precision > HADM_PRECISION_INT8)
+        return hadm_fail(err, HADM_ERR_ARG, "hadm_model_open: unknown precision %d", (int)opt->precision);
+    if (opt && opt->device != HADM_DEVICE_CPU && !cuda_backend_built())
+        return hadm_fail(err, HADM_ERR_UNSUPPORTED,
+                         "%s: this build has no CUDA backend; rebuild with -DHADM_CUDA=ON", path);
     struct hadm_model *m = model_new(opt);
     if (!m)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
     hadm_status s = st_open(path, &m->file, err);
     if (!s && (s = model_prepare(m, err)))
+        hadm_error_prefix(err, "%s", path);
+    if (!s)
+        s = st_check_intact(m->file, err);
+    if (!s && opt && opt->device == HADM_DEVICE_CUDA && (s = cuda_model_attach(m, opt, err)))
         hadm_error_prefix(err, "%s", path);
     if (s) {
         hadm_model_close(m);
@@ -299,6 +454,8 @@ hadm_status hadm_model_open_demo(char variant, uint64_t seed, const hadm_open_op
                  !(s = st_open_buffer(m->owned_buf, len, variant == 'g' ? "<demo HADM-G>" : "<demo HADM-L>",
                                       &m->file, err)))
             s = model_prepare(m, err);
+        if (!s && opt && opt->device != HADM_DEVICE_CPU)
+            s = cuda_model_attach(m, opt, err);
     }
     synth_free(&syn);
     config_free(&cfg);
@@ -314,6 +471,7 @@ void hadm_model_close(hadm_model *m)
 {
     if (!m)
         return;
+    cuda_model_detach(m);
     while (m->free_ctx) {
         ctx_slot *n = m->free_ctx->next;
         ops_ctx_free(m->free_ctx->ops);
@@ -321,6 +479,9 @@ void hadm_model_close(hadm_model *m)
         m->free_ctx = n;
     }
     unpack_vit(m);
+    for (int i = 0; i < m->n_owned; i++)
+        free(m->owned[i]);
+    free(m->owned);
     free(m->w.pos_embed);
     free(m->w.rope_win_cos);
     free(m->w.rope_win_sin);
@@ -346,7 +507,10 @@ hadm_status model_ctx_acquire(struct hadm_model *m, ops_ctx **out, hadm_error *e
         free(slot);
         return HADM_OK;
     }
-    return ops_ctx_new(m->threads, out, err);
+    hadm_status s = ops_ctx_new(m->threads, out, err);
+    if (!s)
+        ops_ctx_set_compute(*out, m->precision == HADM_PRECISION_F32 ? OPS_F32 : OPS_BF16);
+    return s;
 }
 
 void model_ctx_release(struct hadm_model *m, ops_ctx *c)
@@ -367,6 +531,23 @@ const char *hadm_model_variant(const hadm_model *m) { return m->cfg.variant; }
 int hadm_model_num_classes(const hadm_model *m) { return m->cfg.num_classes; }
 int hadm_model_input_size(const hadm_model *m) { return m->cfg.square_pad; }
 int64_t hadm_model_param_count(const hadm_model *m) { return m->params; }
+hadm_precision hadm_model_precision(const hadm_model *m) { return m->precision; }
+
+const char *hadm_precision_name(hadm_precision p)
+{
+    static const char *const names[] = {"auto", "f32", "bf16", "int8"};
+    return (unsigned)p < 4 ? names[p] : "?";
+}
+
+int hadm_precision_parse(const char *s, hadm_precision *out)
+{
+    for (int p = HADM_PRECISION_AUTO; p <= HADM_PRECISION_INT8; p++)
+        if (s && !strcmp(s, hadm_precision_name(p))) {
+            *out = p;
+            return 0;
+        }
+    return -1;
+}
 
 const char *hadm_model_class_name(const hadm_model *m, int id)
 {

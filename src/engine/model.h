@@ -20,9 +20,13 @@ typedef struct {
     linear_w w1, w2;
     const float *ffn_ln_g, *ffn_ln_b;
     linear_w w3;
-    /* the same weights reordered for the matmul kernel on first use (NULL =
-     * use the plain ones); `packed` says it was tried. Guarded by pack_lock. */
-    ops_packed *q_pk, *k_pk, *v_pk, *proj_pk, *w1_pk, *w2_pk, *w3_pk;
+    /* The Linear weights reordered for the matmul kernel, in the model's
+     * precision, on the block's first use; q|k|v and w1|w2 are stacked so
+     * each pair/triple is one matmul (with their biases stacked, k's zero).
+     * In reduced precision the plain pointers above are NULL: these are the
+     * only copy. Guarded by pack_lock. */
+    ops_packed *qkv_pk, *proj_pk, *w12_pk, *w3_pk;
+    float *qkv_b, *w12_b;
     int packed;
 } vit_block_w;
 
@@ -64,13 +68,22 @@ struct hadm_model {
     void *owned_buf;          /* file image when built in memory (demo models) */
     hadm_weights w;
     int threads;
+    hadm_precision precision;   /* resolved at open */
     int64_t params;
+    void **owned;               /* f32 copies of reduced-precision tensors */
+    int n_owned, cap_owned;
     pthread_mutex_t pool_lock;
     ctx_slot *free_ctx;
     pthread_mutex_t pack_lock;
+    struct cuda_model *cuda;    /* the model on the GPU (engine/cuda), NULL on the CPU */
 };
 
 /* Looks up a tensor, checks dtype F32 and the exact shape (ndim values follow). */
+/* A weight tensor as an ops source part (F32, BF16, F16, or I8 with its
+ * `<name>_scale` per-row scales), checked for the given shape. */
+hadm_status model_weight_part(const struct hadm_model *m, const char *name, int ndim,
+                              const int64_t *shape, ops_wpart *out, hadm_error *err);
+
 hadm_status model_tensor(const struct hadm_model *m, const char *name, const float **out,
                          hadm_error *err, int ndim, ...);
 

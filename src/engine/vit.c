@@ -9,7 +9,7 @@
 #include "engine/engine.h"
 #include "util/err.h"
 
-enum { BUF_NORM, BUF_Q, BUF_K, BUF_V, BUF_ATTN, BUF_HID_A, BUF_HID_B };
+enum { BUF_NORM, BUF_QKV, BUF_ATTN, BUF_HID };
 
 typedef struct {
     const struct hadm_model *m;
@@ -18,11 +18,11 @@ typedef struct {
     hadm_error *err;
 } vit_run;
 
-static hadm_status linear(vit_run *r, int rows, const float *x, int ldx, const linear_w *l,
+static hadm_status linear(vit_run *r, int rows, const float *x, int ldx, const float *w, const float *bias,
                           const ops_packed *pk, int out, int in, float *y, int ldy, int accumulate)
 {
-    ops_gemm g = {.M = rows, .N = out, .K = in, .A = x, .lda = ldx, .B = l->w, .ldb = in,
-                  .trans_b = 1, .bias = l->b, .C = y, .ldc = ldy, .accumulate = accumulate,
+    ops_gemm g = {.M = rows, .N = out, .K = in, .A = x, .lda = ldx, .B = w, .ldb = in,
+                  .trans_b = 1, .bias = bias, .C = y, .ldc = ldy, .accumulate = accumulate,
                   .packed = pk};
     return ops_matmul(r->c, &g, r->err);
 }
@@ -33,7 +33,7 @@ static hadm_status patch_embed(vit_run *r, const float *const *chw, float *token
 {
     const hadm_config *cfg = &r->m->cfg;
     int P = cfg->patch, S = cfg->img_size, K = cfg->in_chans * P * P;
-    float *cols = ops_scratch(r->c, BUF_HID_A, (size_t)r->B * r->T * K);
+    float *cols = ops_scratch(r->c, BUF_HID, (size_t)r->B * r->T * K);
     if (!cols)
         return hadm_fail(r->err, HADM_ERR_NOMEM, "out of memory");
     for (int b = 0; b < r->B; b++)
@@ -45,7 +45,8 @@ static hadm_status patch_embed(vit_run *r, const float *const *chw, float *token
                     memcpy(row + (ch * P + ky) * P, chw[b] + ((size_t)ch * S + ty * P + ky) * S + tx * P,
                            (size_t)P * sizeof *row);
         }
-    return linear(r, r->B * r->T, cols, K, &r->m->w.patch, NULL, r->D, K, tokens, r->D, 0);
+    const linear_w *pw = &r->m->w.patch;
+    return linear(r, r->B * r->T, cols, K, pw->w, pw->b, NULL, r->D, K, tokens, r->D, 0);
 }
 
 /* Copies one image's normed tokens into window order, zero-padding the grid
@@ -78,7 +79,8 @@ static void window_unpartition_add(const float *win, float *x, int G, int D, int
         }
 }
 
-/* x += proj(Attention(norm1(x))), window or global (spec 2.4-2.6). */
+/* x += proj(Attention(norm1(x))), window or global (spec 2.4-2.6). q, k and v
+ * come from one matmul: row r of the qkv buffer is [q | k | v]. */
 static hadm_status attention_block(vit_run *r, const vit_block_w *b, int global, float *x)
 {
     const hadm_config *cfg = &r->m->cfg;
@@ -87,57 +89,56 @@ static hadm_status attention_block(vit_run *r, const vit_block_w *b, int global,
     int nw_side = global ? 1 : (r->G + WS - 1) / WS;
     int unit = global ? r->T : WS * WS, units = r->B * (global ? 1 : nw_side * nw_side);
     int rows = unit * units, per_image = rows / r->B;
-    float *h = ops_scratch(r->c, BUF_NORM, (size_t)rows * D), *q = ops_scratch(r->c, BUF_Q, (size_t)rows * D);
-    float *k = ops_scratch(r->c, BUF_K, (size_t)rows * D), *v = ops_scratch(r->c, BUF_V, (size_t)rows * D);
+    float *h = ops_scratch(r->c, BUF_NORM, (size_t)rows * D);
+    float *qkv = ops_scratch(r->c, BUF_QKV, (size_t)rows * 3 * D);
     float *o = ops_scratch(r->c, BUF_ATTN, (size_t)rows * D);
-    if (!h || !q || !k || !v || !o)
+    if (!h || !qkv || !o)
         return hadm_fail(r->err, HADM_ERR_NOMEM, "out of memory");
     float *normed = global ? h : o;   /* window blocks norm into o, then partition into h */
     ops_layernorm(r->c, (int64_t)r->B * r->T, D, x, D, b->norm1_g, b->norm1_b, cfg->ln_eps, normed, D);
     for (int i = 0; !global && i < r->B; i++)
         window_partition(normed + (size_t)i * r->T * D, h + (size_t)i * per_image * D, r->G, D, WS, nw_side);
-    linear_w qb = {b->q_w, b->q_bias}, vb = {b->v_w, b->v_bias}, kb = {b->k_w, NULL};
-    hadm_status s;
-    if ((s = linear(r, rows, h, D, &qb, b->q_pk, D, D, q, D, 0)) ||
-        (s = linear(r, rows, h, D, &kb, b->k_pk, D, D, k, D, 0)) ||
-        (s = linear(r, rows, h, D, &vb, b->v_pk, D, D, v, D, 0)))
+    hadm_status s = linear(r, rows, h, D, NULL, b->qkv_b, b->qkv_pk, 3 * D, D, qkv, 3 * D, 0);
+    if (s)
         return s;
+    float *q = qkv, *k = qkv + D, *v = qkv + 2 * D;
     const float *rc = global ? w->rope_glb_cos : w->rope_win_cos;
     const float *rs = global ? w->rope_glb_sin : w->rope_win_sin;
-    ops_rope(r->c, rows, cfg->num_heads, cfg->head_dim, q, D, rc, rs, unit);
-    ops_rope(r->c, rows, cfg->num_heads, cfg->head_dim, k, D, rc, rs, unit);
+    ops_rope(r->c, rows, cfg->num_heads, cfg->head_dim, q, 3 * D, rc, rs, unit);
+    ops_rope(r->c, rows, cfg->num_heads, cfg->head_dim, k, 3 * D, rc, rs, unit);
     for (int u = 0; u < units; u++) {
-        size_t off = (size_t)u * unit * D;
+        size_t off = (size_t)u * unit * 3 * D;
         if ((s = ops_attention(r->c, unit, cfg->num_heads, cfg->head_dim, cfg->attn_scale, q + off,
-                               k + off, v + off, D, o + off, D, r->err)))
+                               k + off, v + off, 3 * D, o + (size_t)u * unit * D, D, r->err)))
             return s;
     }
     if (global)
-        return linear(r, rows, o, D, &b->proj, b->proj_pk, D, D, x, D, 1);
-    if ((s = linear(r, rows, o, D, &b->proj, b->proj_pk, D, D, h, D, 0)))
+        return linear(r, rows, o, D, NULL, b->proj.b, b->proj_pk, D, D, x, D, 1);
+    if ((s = linear(r, rows, o, D, NULL, b->proj.b, b->proj_pk, D, D, h, D, 0)))
         return s;
     for (int i = 0; i < r->B; i++)
         window_unpartition_add(h + (size_t)i * per_image * D, x + (size_t)i * r->T * D, r->G, D, WS, nw_side);
     return HADM_OK;
 }
 
-/* x += w3(LN_F(silu(w1 n) * (w2 n))), n = norm2(x) (spec 2.7). */
+/* x += w3(LN_F(silu(w1 n) * (w2 n))), n = norm2(x) (spec 2.7). w1 and w2 are
+ * one matmul: row r of the hidden buffer is [w1 n | w2 n]; the product and
+ * its LayerNorm are formed in place in the first half. */
 static hadm_status mlp_block(vit_run *r, const vit_block_w *b, float *x)
 {
     const hadm_config *cfg = &r->m->cfg;
     int D = r->D, F = r->F, rows = r->B * r->T;
     float *n = ops_scratch(r->c, BUF_NORM, (size_t)rows * D);
-    float *a = ops_scratch(r->c, BUF_HID_A, (size_t)rows * F), *g = ops_scratch(r->c, BUF_HID_B, (size_t)rows * F);
-    if (!n || !a || !g)
+    float *hid = ops_scratch(r->c, BUF_HID, (size_t)rows * 2 * F);
+    if (!n || !hid)
         return hadm_fail(r->err, HADM_ERR_NOMEM, "out of memory");
     ops_layernorm(r->c, rows, D, x, D, b->norm2_g, b->norm2_b, cfg->ln_eps, n, D);
-    hadm_status s;
-    if ((s = linear(r, rows, n, D, &b->w1, b->w1_pk, F, D, a, F, 0)) ||
-        (s = linear(r, rows, n, D, &b->w2, b->w2_pk, F, D, g, F, 0)))
+    hadm_status s = linear(r, rows, n, D, NULL, b->w12_b, b->w12_pk, 2 * F, D, hid, 2 * F, 0);
+    if (s)
         return s;
-    ops_silu_mul(r->c, rows, F, a, F, g, F);
-    ops_layernorm(r->c, rows, F, a, F, b->ffn_ln_g, b->ffn_ln_b, cfg->ln_eps, a, F);
-    return linear(r, rows, a, F, &b->w3, b->w3_pk, D, F, x, D, 1);
+    ops_silu_mul(r->c, rows, F, hid, 2 * F, hid + F, 2 * F);
+    ops_layernorm(r->c, rows, F, hid, 2 * F, b->ffn_ln_g, b->ffn_ln_b, cfg->ln_eps, hid, 2 * F);
+    return linear(r, rows, hid, 2 * F, NULL, b->w3.b, b->w3_pk, D, F, x, D, 1);
 }
 
 /* Traces image 0 of the batch (the golden tests run one image). */

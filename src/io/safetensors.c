@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io/mapguard.h"
 #include "util/err.h"
 
 /* A header bigger than this is not a model header, it is an attack or junk. */
@@ -19,6 +20,9 @@ struct st_file {
     char *path;
     void *map;          /* whole file when mapped by us */
     size_t map_len;
+    int guard;          /* map_guard slot, -1 if none */
+    int fd;             /* kept open to notice changes to the mapped file */
+    struct stat opened; /* its size and times when mapped */
     const uint8_t *data; /* start of the data section */
     size_t data_len;
     st_tensor *tensors;
@@ -173,6 +177,8 @@ static st_file *file_new(const char *label)
         free(f);
         return NULL;
     }
+    if (f)
+        f->guard = f->fd = -1;
     return f;
 }
 
@@ -206,17 +212,22 @@ hadm_status st_open(const char *path, st_file **out, hadm_error *err)
     }
     size_t len = (size_t)st.st_size;
     void *map = len ? mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
-    close(fd);
-    if (map == MAP_FAILED)
+    if (map == MAP_FAILED) {
+        close(fd);
         return hadm_fail(err, len ? HADM_ERR_IO : HADM_ERR_FORMAT, "%s: %s", path,
                          len ? strerror(errno) : "empty file");
+    }
     st_file *f = file_new(path);
     if (!f) {
         munmap(map, len);
+        close(fd);
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
     }
     f->map = map;
     f->map_len = len;
+    f->fd = fd;
+    f->opened = st;
+    f->guard = map_guard_add(map, len);
     hadm_status s = parse_header(f, map, len, err);
     if (s) {
         hadm_error_prefix(err, "%s", path);
@@ -231,8 +242,11 @@ void st_close(st_file *f)
 {
     if (!f)
         return;
+    map_guard_remove(f->guard);
     if (f->map)
         munmap(f->map, f->map_len);
+    if (f->fd >= 0)
+        close(f->fd);
     cJSON_Delete(f->root);
     free(f->tensors);
     free(f->path);
@@ -248,6 +262,24 @@ void st_release_pages(const st_file *f, const void *p, size_t n)
     uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + n) & ~(page - 1);
     if (b > a)
         madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+hadm_status st_check_intact(const st_file *f, hadm_error *err)
+{
+    static const char how[] = "reload the model (to update a model file, write the new one "
+                              "elsewhere and rename it over the old)";
+    if (!f->map)
+        return HADM_OK;
+    if (map_guard_hit(f->guard))
+        return hadm_fail(err, HADM_ERR_IO, "%s: the file was truncated while in use and its weights "
+                         "are gone; %s", f->path, how);
+    struct stat now;
+    if (fstat(f->fd, &now) == 0 &&
+        (now.st_size != f->opened.st_size || now.st_mtim.tv_sec != f->opened.st_mtim.tv_sec ||
+         now.st_mtim.tv_nsec != f->opened.st_mtim.tv_nsec))
+        return hadm_fail(err, HADM_ERR_IO, "%s: the file was modified in place while in use, so the "
+                         "weights read from it may mix old and new; %s", f->path, how);
+    return HADM_OK;
 }
 
 int st_count(const st_file *f) { return f->n; }
@@ -342,8 +374,23 @@ hadm_status st_writer_meta(st_writer *w, const char *key, const char *value, had
     return HADM_OK;
 }
 
+/* Wider elements first (stable otherwise): with the header padded to 8
+ * bytes, every tensor then starts on a multiple of its element size, which
+ * the loader needs to use the data in place. */
+static void order_by_element_size(st_writer *w)
+{
+    for (int i = 1; i < w->n; i++) {
+        st_entry e = w->e[i];
+        int j = i;
+        for (; j > 0 && st_dtype_size(w->e[j - 1].dtype) < st_dtype_size(e.dtype); j--)
+            w->e[j] = w->e[j - 1];
+        w->e[j] = e;
+    }
+}
+
 static char *writer_header(st_writer *w, size_t *len)
 {
+    order_by_element_size(w);
     cJSON *root = cJSON_CreateObject();
     if (!root)
         return NULL;
@@ -422,13 +469,20 @@ hadm_status st_writer_save(st_writer *w, const char *path, hadm_error *err)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
     }
     snprintf(tmp, plen, "%s.tmp%d", path, (int)getpid());
-    FILE *fp = fopen(tmp, "wb");
+    struct stat old;
     hadm_status s = HADM_OK;
+    if (stat(path, &old) == 0 && !S_ISREG(old.st_mode)) { /* renaming over /dev/null would replace it */
+        s = hadm_fail(err, HADM_ERR_IO, "%s: exists and is not a regular file", path);
+        goto out;
+    }
+    FILE *fp = fopen(tmp, "wb");
     if (!fp) {
         s = hadm_fail(err, HADM_ERR_IO, "%s: %s", tmp, strerror(errno));
         goto out;
     }
-    int ok = write_all(w, fp, header, hlen);
+    /* Flushed to disk before the rename, so a crash cannot leave the new
+     * name on an empty file. */
+    int ok = write_all(w, fp, header, hlen) && fflush(fp) == 0 && fsync(fileno(fp)) == 0;
     if (fclose(fp) != 0)
         ok = 0;
     if (!ok || rename(tmp, path) != 0) {

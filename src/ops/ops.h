@@ -35,6 +35,42 @@ void ops_ctx_reset_flops(ops_ctx *c);
 typedef struct ops_packed ops_packed;
 hadm_status ops_pack_weights(ops_ctx *c, int M, int N, int K, const float *w, ops_packed **out,
                              hadm_error *err);
+
+/* Reduced precision (ops/cpu/lowp.c). A packed weight's element type decides
+ * how a matmul with it runs: BF16 converts A to bf16 on the fly; S8 quantises
+ * A per call with one dynamic scale (absmax / 127) and uses the weight's
+ * per-output-channel scales. Both accumulate in f32 (s32 for S8) and write
+ * f32 C, with bias and accumulate applied in f32. */
+typedef enum { OPS_F32 = 0, OPS_BF16 = 1, OPS_S8 = 2 } ops_dtype;
+typedef enum { OPS_SRC_F32, OPS_SRC_BF16, OPS_SRC_F16, OPS_SRC_S8 } ops_src_type;
+/* `rows` rows of K values in a file's element type; S8 rows carry a scale
+ * per row (value = q * scale[row]). */
+typedef struct {
+    const void *data;
+    ops_src_type type;
+    const float *scale;
+    int rows;
+} ops_wpart;
+/* Packs the rows of all parts, stacked, as one [N = sum rows][K] Linear
+ * weight in element type `to`. */
+hadm_status ops_pack_parts(ops_ctx *c, int M, int K, const ops_wpart *parts, int nparts, ops_dtype to,
+                           ops_packed **out, hadm_error *err);
+ops_dtype ops_packed_dtype(const ops_packed *p);
+/* The element type attention and convolutions compute in for this context
+ * (F32 or BF16; norms, softmax and everything else stay f32). */
+void ops_ctx_set_compute(ops_ctx *c, ops_dtype t);
+ops_dtype ops_ctx_compute(const ops_ctx *c);
+/* Element conversions used by the loader and the quantizer. */
+float ops_bf16_to_f32(uint16_t h);
+uint16_t ops_f32_to_bf16(float f);   /* round to nearest even */
+float ops_f16_to_f32(uint16_t h);
+uint16_t ops_f32_to_f16(float f);
+/* dst[i] = value of element i of a part of `n` elements (row r = i / K). */
+void ops_part_to_f32(const ops_wpart *p, int64_t K, int64_t n, float *dst);
+/* The p->rows rows of p as element type `to` at dst (S8: with a scale per
+ * row, max|row| / 127, at scale). row_f32 is scratch for K floats. */
+void ops_part_convert(const ops_wpart *p, int64_t K, ops_dtype to, void *dst, float *scale,
+                      float *row_f32);
 void ops_packed_free(ops_packed *p);
 size_t ops_packed_bytes(const ops_packed *p);
 
@@ -47,6 +83,11 @@ typedef struct {
     float alpha;                /* 0 is taken as 1 */
     int accumulate;             /* C += result */
     const ops_packed *packed;   /* optional: used instead of B when M, N, K match */
+    int ab_bf16;                /* A and B hold bf16 (uint16) elements, not f32 */
+    /* With bf16/s8 packed weights: A already holds that type (dense, lda = K;
+     * s8 values scaled by a_scale), so no conversion pass is made. */
+    int a_converted;
+    float a_scale;
 } ops_gemm;
 hadm_status ops_matmul(ops_ctx *c, const ops_gemm *g, hadm_error *err);
 

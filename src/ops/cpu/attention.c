@@ -2,13 +2,16 @@
  *
  * V is first copied head-major ([head][token][hd]), K transposed per head
  * ([head][hd][token]) and each query tile head-major, pre-multiplied by the
- * softmax scale: on those
- * dense layouts oneDNN runs its brgemm kernels (~200-300 GFLOP/s here), while
+ * softmax scale: on those dense layouts oneDNN runs its brgemm kernels, while
  * the interleaved-head strides, or an output-scale attribute, send it to a
  * generic kernel at half that speed. Scores are then computed for a group of
  * heads and a tile of queries at a time (at most SCORE_BUDGET floats: 32 MiB),
- * softmaxed in place and multiplied by V straight into the output columns,
- * so a 4096-token block never holds the 1 GiB of all scores at once. */
+ * softmaxed and multiplied by V into the output columns, so a 4096-token
+ * block never holds the 1 GiB of all scores at once.
+ *
+ * With a BF16 context the copies write bf16 (the conversion is free there),
+ * the softmax writes bf16 probabilities, and both products run on bf16
+ * inputs with f32 accumulation; scores and the softmax itself stay f32. */
 #include <string.h>
 
 #include "ops/cpu/cpu.h"
@@ -17,18 +20,27 @@
 #define SCORE_BUDGET (8u << 20)
 #define QUERY_TILE 512
 
+/* Element e of an output that is f32 or bf16. */
+static inline void put(void *out, int bf16, int64_t e, float v)
+{
+    if (bf16)
+        ((uint16_t *)out)[e] = ops_f32_to_bf16(v);
+    else
+        ((float *)out)[e] = v;
+}
+
 /* out[h][t][d] = scale * x[t0 + t][(h0 + h) * hd + d] for t < n, h < heads */
 static void copy_head_major(ops_ctx *c, const float *x, int64_t ld, int t0, int n, int h0, int heads,
-                            int hd, float scale, float *out)
+                            int hd, float scale, void *out, int bf16)
 {
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if ((int64_t)n * heads * hd > 65536)
     for (int t = 0; t < n; t++)
         for (int h = 0; h < heads; h++) {
             const float *src = x + (int64_t)(t0 + t) * ld + (int64_t)(h0 + h) * hd;
-            float *dst = out + ((int64_t)h * n + t) * hd;
+            int64_t dst = ((int64_t)h * n + t) * hd;
             for (int d = 0; d < hd; d++)
-                dst[d] = src[d] * scale;
+                put(out, bf16, dst + d, src[d] * scale);
         }
 }
 
@@ -40,7 +52,8 @@ static void scatter_heads(const float *x, int n, int heads, int hd, float *out, 
             memcpy(out + t * ldo + (int64_t)h * hd, x + ((int64_t)h * n + t) * hd, (size_t)hd * sizeof *out);
 }
 
-static void copy_transposed(ops_ctx *c, const float *x, int64_t ld, int N, int heads, int hd, float *out)
+static void copy_transposed(ops_ctx *c, const float *x, int64_t ld, int N, int heads, int hd, void *out,
+                            int bf16)
 {
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if ((int64_t)N * heads * hd > 65536)
@@ -48,9 +61,9 @@ static void copy_transposed(ops_ctx *c, const float *x, int64_t ld, int N, int h
         for (int t0 = 0; t0 < N; t0 += 64) {
             int t1 = t0 + 64 < N ? t0 + 64 : N;
             for (int d = 0; d < hd; d++) {
-                float *dst = out + ((int64_t)h * hd + d) * N;
+                int64_t row = ((int64_t)h * hd + d) * N;
                 for (int t = t0; t < t1; t++)
-                    dst[t] = x[t * ld + (int64_t)h * hd + d];
+                    put(out, bf16, row + t, x[t * ld + (int64_t)h * hd + d]);
             }
         }
 }
@@ -59,35 +72,45 @@ hadm_status ops_attention(ops_ctx *c, int N, int heads, int hd, float scale, con
                           const float *k, const float *v, int64_t ld, float *out, int64_t ldo,
                           hadm_error *err)
 {
+    int bf16 = ops_ctx_compute(c) == OPS_BF16;
+    size_t esz = bf16 ? 2 : 4;
     int tile = N < QUERY_TILE ? N : QUERY_TILE;
     int group = (int)(SCORE_BUDGET / ((int64_t)tile * N));
     group = group < 1 ? 1 : group > heads ? heads : group;
     int64_t hsz = (int64_t)N * hd;
-    size_t qsz = (size_t)group * tile * hd;
-    float *S = ops_scratch(c, OPS_SCRATCH_ATTN, (size_t)group * tile * N + qsz + 2 * (size_t)heads * hsz);
+    size_t ssz = (size_t)group * tile * N, qsz = (size_t)group * tile * hd;
+    /* floats: scores, bf16 probabilities (bf16 only), query tile, output tile, K, V */
+    size_t psz = bf16 ? (ssz + 1) / 2 : 0;
+    float *S = ops_scratch(c, OPS_SCRATCH_ATTN, ssz + psz + 2 * qsz + 2 * (size_t)heads * hsz);
     if (!S)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (attention scores)");
-    float *qt = S + (size_t)group * tile * N, *kt = qt + qsz, *vh = kt + heads * hsz;
-    copy_transposed(c, k, ld, N, heads, hd, kt);
-    copy_head_major(c, v, ld, 0, N, 0, heads, hd, 1.0f, vh);
+    void *P = bf16 ? (void *)(S + ssz) : S;
+    float *qt = S + ssz + psz, *ot = qt + qsz, *kt = ot + qsz, *vh = kt + heads * hsz;
+    copy_transposed(c, k, ld, N, heads, hd, kt, bf16);
+    copy_head_major(c, v, ld, 0, N, 0, heads, hd, 1.0f, vh, bf16);
     for (int h0 = 0; h0 < heads; h0 += group) {
         int g = heads - h0 < group ? heads - h0 : group;
         for (int q0 = 0; q0 < N; q0 += tile) {
             int m = N - q0 < tile ? N - q0 : tile;
             /* S[h][i][j] = (scale q[q0+i][h]) . k[j][h] */
-            copy_head_major(c, q, ld, q0, m, h0, g, hd, scale, qt);
-            ops_gemm qk = {.M = m, .N = N, .K = hd, .A = qt, .lda = hd, .B = kt + h0 * hsz, .ldb = N,
-                           .trans_b = 0, .C = S, .ldc = N};
+            copy_head_major(c, q, ld, q0, m, h0, g, hd, scale, qt, bf16);
+            ops_gemm qk = {.M = m, .N = N, .K = hd, .A = qt, .lda = hd,
+                           .B = (const float *)((const char *)kt + h0 * hsz * esz), .ldb = N,
+                           .trans_b = 0, .C = S, .ldc = N, .ab_bf16 = bf16};
             hadm_status s = ops_matmul_batched(c, &qk, g, (int64_t)m * hd, hsz, (int64_t)m * N, err);
             if (s)
                 return s;
-            ops_softmax_rows(c, (int64_t)g * m, N, S, N);
-            /* out[q0+i][h*hd + d] = sum_j S[h][i][j] v[h][j][d], via the dense qt */
-            ops_gemm av = {.M = m, .N = hd, .K = N, .A = S, .lda = N, .B = vh + h0 * hsz, .ldb = hd,
-                           .trans_b = 0, .C = qt, .ldc = hd};
+            if (bf16)
+                ops_softmax_rows_bf16(c, (int64_t)g * m, N, S, N, P, N);
+            else
+                ops_softmax_rows(c, (int64_t)g * m, N, S, N);
+            /* out[q0+i][h*hd + d] = sum_j P[h][i][j] v[h][j][d], via the dense ot */
+            ops_gemm av = {.M = m, .N = hd, .K = N, .A = P, .lda = N,
+                           .B = (const float *)((const char *)vh + h0 * hsz * esz), .ldb = hd,
+                           .trans_b = 0, .C = ot, .ldc = hd, .ab_bf16 = bf16};
             if ((s = ops_matmul_batched(c, &av, g, (int64_t)m * N, hsz, (int64_t)m * hd, err)))
                 return s;
-            scatter_heads(qt, m, g, hd, out + (int64_t)q0 * ldo + (int64_t)h0 * hd, ldo);
+            scatter_heads(ot, m, g, hd, out + (int64_t)q0 * ldo + (int64_t)h0 * hd, ldo);
         }
     }
     return HADM_OK;

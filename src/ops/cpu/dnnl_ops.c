@@ -4,6 +4,7 @@
  * small matmul. Scratchpads are user-managed so that contexts used by
  * different threads never share oneDNN's internal scratch memory. */
 #include <oneapi/dnnl/dnnl.h>
+#include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 #include "util/err.h"
 
 #define CACHE_SLOTS 96
+#define OPS_MAX_N 16384
 #define KEY_WORDS 24
 
 typedef struct {
@@ -36,6 +38,10 @@ struct ops_ctx {
     size_t scratch_cap;
     float *slot[OPS_SCRATCH_SLOTS];
     size_t slot_cap[OPS_SCRATCH_SLOTS];
+    ops_dtype compute;        /* attention and convolutions: F32 or BF16 */
+    void *lowp;               /* A converted for a reduced-precision matmul */
+    size_t lowp_cap;
+    float scales[OPS_MAX_N];  /* per-call output scales of S8 matmuls */
 };
 
 #define DNNL_TRY(call, what)                                                        \
@@ -91,6 +97,24 @@ void ops_ctx_free(ops_ctx *c)
 }
 
 int ops_ctx_threads(const ops_ctx *c) { return c->threads; }
+void ops_ctx_set_compute(ops_ctx *c, ops_dtype t) { c->compute = t == OPS_BF16 ? OPS_BF16 : OPS_F32; }
+ops_dtype ops_ctx_compute(const ops_ctx *c) { return c->compute; }
+
+void *ops_lowp_buffer(ops_ctx *c, size_t bytes)
+{
+    if (c->lowp_cap < bytes) {
+        if (c->lowp)
+            munmap(c->lowp, c->lowp_cap);
+        c->lowp_cap = 0;
+        size_t n = (bytes + 4095) & ~(size_t)4095;
+        void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return c->lowp = NULL;
+        c->lowp = p;
+        c->lowp_cap = n;
+    }
+    return c->lowp;
+}
 double ops_ctx_flops(const ops_ctx *c) { return c->flops; }
 void ops_ctx_reset_flops(ops_ctx *c) { c->flops = 0; }
 void ops_ctx_enter(ops_ctx *c) { omp_set_num_threads(c->threads); }
@@ -125,6 +149,10 @@ void ops_scratch_release(ops_ctx *c)
 {
     for (int i = 0; i < OPS_SCRATCH_SLOTS; i++)
         slot_unmap(c, i);
+    if (c->lowp)
+        munmap(c->lowp, c->lowp_cap);
+    c->lowp = NULL;
+    c->lowp_cap = 0;
 }
 
 static cache_entry *cache_find(ops_ctx *c, const int64_t *key)
@@ -155,21 +183,38 @@ static cache_entry *cache_victim(ops_ctx *c, const int64_t *key)
     return v;
 }
 
-/* Makes the primitive from a descriptor, with user scratchpad and optional
- * alpha / accumulate attributes. */
-static hadm_status entry_build(ops_ctx *c, cache_entry *e, const void *op_desc, float alpha,
-                               int accumulate, hadm_error *err)
+/* What a primitive applies after the product: a fixed alpha, or a runtime
+ * output scale per column (S8 matmuls); then a bias row added as a binary
+ * post-op (S8: applied after scaling, in f32); then C += (accumulate). */
+typedef struct {
+    float alpha;
+    int accumulate;
+    const dnnl_memory_desc_t *runtime_scales;   /* [N] f32, or NULL */
+    const dnnl_memory_desc_t *bias_row;         /* [1, N] f32, or NULL */
+} entry_attr;
+
+/* Makes the primitive from a descriptor, with user scratchpad and the
+ * attributes above. */
+static hadm_status entry_build(ops_ctx *c, cache_entry *e, const void *op_desc, const entry_attr *ea,
+                               hadm_error *err)
 {
     hadm_status s = HADM_OK;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
     DNNL_TRY(dnnl_primitive_attr_create(&attr), "attr");
     DNNL_TRY(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad");
-    if (alpha != 1.0f)
-        DNNL_TRY(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &alpha), "scales");
-    if (accumulate) {
+    if (ea->runtime_scales) {
+        float rt = DNNL_RUNTIME_F32_VAL;
+        DNNL_TRY(dnnl_primitive_attr_set_output_scales(attr, 1, 1 << 1, &rt), "scales");
+    } else if (ea->alpha != 1.0f) {
+        DNNL_TRY(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &ea->alpha), "scales");
+    }
+    if (ea->accumulate || ea->bias_row) {
         DNNL_TRY(dnnl_post_ops_create(&po), "post-ops");
-        DNNL_TRY(dnnl_post_ops_append_sum(po, 1.0f), "sum");
+        if (ea->bias_row)
+            DNNL_TRY(dnnl_post_ops_append_binary(po, dnnl_binary_add, ea->bias_row), "bias");
+        if (ea->accumulate)
+            DNNL_TRY(dnnl_post_ops_append_sum(po, 1.0f), "sum");
         DNNL_TRY(dnnl_primitive_attr_set_post_ops(attr, po), "post-ops");
     }
     DNNL_TRY(dnnl_primitive_desc_create(&e->pd, op_desc, attr, c->eng, NULL), "primitive descriptor");
@@ -201,6 +246,7 @@ typedef struct {
     dnnl_query_t query;
     int index;
     void *ptr;
+    const dnnl_memory_desc_t *md;   /* instead of the query (attribute arguments) */
 } exec_arg;
 
 static hadm_status execute(ops_ctx *c, cache_entry *e, const exec_arg *a, int n, hadm_error *err)
@@ -212,7 +258,8 @@ static hadm_status execute(ops_ctx *c, cache_entry *e, const exec_arg *a, int n,
     if ((s = ensure_scratch(c, e->scratch_bytes, err)))
         return s;
     for (; k < n; k++) {
-        const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(e->pd, a[k].query, a[k].index);
+        const dnnl_memory_desc_t *md =
+            a[k].md ? a[k].md : dnnl_primitive_desc_query_md(e->pd, a[k].query, a[k].index);
         DNNL_TRY(dnnl_memory_create(&mem[k], md, c->eng, a[k].ptr), "memory");
         args[k].arg = a[k].arg;
         args[k].memory = mem[k];
@@ -239,56 +286,108 @@ static hadm_status reorder_into(ops_ctx *c, const dnnl_memory_desc_t *from_md, c
 
 struct ops_packed {
     int M, N, K;
+    ops_dtype dt;
     dnnl_memory_desc_t md;
     void *data;
     size_t bytes;
+    float *wscale;   /* S8: per output column */
 };
 
-hadm_status ops_pack_weights(ops_ctx *c, int M, int N, int K, const float *w, ops_packed **out,
-                             hadm_error *err)
+static dnnl_data_type_t dnnl_type(ops_dtype t)
 {
-    *out = NULL;
+    return t == OPS_BF16 ? dnnl_bf16 : t == OPS_S8 ? dnnl_s8 : dnnl_f32;
+}
+
+static size_t dtype_size(ops_dtype t) { return t == OPS_BF16 ? 2 : t == OPS_S8 ? 1 : 4; }
+
+/* The weights layout a matmul of A[M,K] (of type dt) by a [K,N] weight picks. */
+static hadm_status packed_layout(ops_ctx *c, int M, int N, int K, ops_dtype dt, dnnl_memory_desc_t *out,
+                                 hadm_error *err)
+{
     hadm_status s = HADM_OK;
     dnnl_primitive_desc_t pd = NULL;
-    ops_packed *p = calloc(1, sizeof *p);
-    if (!p)
-        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
-    dnnl_memory_desc_t a_md, b_any, c_md, user;
+    dnnl_memory_desc_t a_md, b_any, c_md;
     dnnl_dims_t ad = {M, K}, bd = {K, N}, cd = {M, N};
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&a_md, 2, ad, dnnl_f32, dnnl_ab), "md");
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&b_any, 2, bd, dnnl_f32, dnnl_format_tag_any), "md");
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&a_md, 2, ad, dnnl_type(dt), dnnl_ab), "md");
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&b_any, 2, bd, dnnl_type(dt), dnnl_format_tag_any), "md");
     DNNL_TRY(dnnl_memory_desc_init_by_tag(&c_md, 2, cd, dnnl_f32, dnnl_ab), "md");
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&user, 2, bd, dnnl_f32, dnnl_ba), "md");
     dnnl_matmul_desc_t md;
     DNNL_TRY(dnnl_matmul_desc_init(&md, &a_md, &b_any, NULL, &c_md), "matmul desc");
     DNNL_TRY(dnnl_primitive_desc_create(&pd, &md, NULL, c->eng, NULL), "primitive descriptor");
-    p->md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    *out = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+fail:
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    return s;
+}
+
+hadm_status ops_pack_parts(ops_ctx *c, int M, int K, const ops_wpart *parts, int nparts, ops_dtype to,
+                           ops_packed **out, hadm_error *err)
+{
+    *out = NULL;
+    int N = 0;
+    for (int i = 0; i < nparts; i++)
+        N += parts[i].rows;
+    if (N <= 0 || K <= 0 || N > OPS_MAX_N)
+        return hadm_fail(err, HADM_ERR_ARG, "pack: bad shape %dx%d", N, K);
+    hadm_status s = HADM_OK;
+    ops_packed *p = calloc(1, sizeof *p);
+    size_t esz = dtype_size(to);
+    void *plain = malloc((size_t)N * K * esz);
+    float *row = malloc((size_t)K * sizeof *row);
+    if (!p || !plain || !row || (to == OPS_S8 && !(p->wscale = malloc((size_t)N * sizeof(float))))) {
+        s = hadm_fail(err, HADM_ERR_NOMEM, "out of memory (packing weights)");
+        goto fail;
+    }
+    for (int i = 0, r0 = 0; i < nparts; r0 += parts[i].rows, i++)
+        ops_part_convert(&parts[i], K, to, (char *)plain + (size_t)r0 * K * esz,
+                         p->wscale ? p->wscale + r0 : NULL, row);
+    p->M = M, p->N = N, p->K = K, p->dt = to;
+    if ((s = packed_layout(c, M, N, K, to, &p->md, err)))
+        goto fail;
     p->bytes = dnnl_memory_desc_get_size(&p->md);
-    p->M = M, p->N = N, p->K = K;
     if (!(p->data = aligned_alloc(64, (p->bytes + 63) & ~(size_t)63))) {
         s = hadm_fail(err, HADM_ERR_NOMEM, "out of memory (packed weights)");
         goto fail;
     }
-    if ((s = reorder_into(c, &user, w, &p->md, p->data, err)))
+    dnnl_memory_desc_t user;
+    dnnl_dims_t bd = {K, N};
+    if (dnnl_memory_desc_init_by_tag(&user, 2, bd, dnnl_type(to), dnnl_ba) != dnnl_success) {
+        s = hadm_fail(err, HADM_ERR_INTERNAL, "oneDNN md failed");
+        goto fail;
+    }
+    if ((s = reorder_into(c, &user, plain, &p->md, p->data, err)))
         goto fail;
     *out = p;
     p = NULL;
 fail:
-    if (pd)
-        dnnl_primitive_desc_destroy(pd);
+    free(plain);
+    free(row);
     ops_packed_free(p);
     return s;
 }
+
+hadm_status ops_pack_weights(ops_ctx *c, int M, int N, int K, const float *w, ops_packed **out,
+                             hadm_error *err)
+{
+    ops_wpart part = {w, OPS_SRC_F32, NULL, N};
+    return ops_pack_parts(c, M, K, &part, 1, OPS_F32, out, err);
+}
+
+ops_dtype ops_packed_dtype(const ops_packed *p) { return p->dt; }
 
 void ops_packed_free(ops_packed *p)
 {
     if (!p)
         return;
     free(p->data);
+    free(p->wscale);
     free(p);
 }
 
 size_t ops_packed_bytes(const ops_packed *p) { return p ? p->bytes : 0; }
+
+static hadm_status gemm_lowp(ops_ctx *c, const ops_gemm *g, const ops_packed *pk, hadm_error *err);
 
 static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa, int64_t sb,
                             int64_t sc, hadm_error *err)
@@ -298,12 +397,23 @@ static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa
                                        : hadm_fail(err, HADM_ERR_ARG, "matmul: bad shape");
     float alpha = g->alpha == 0 ? 1.0f : g->alpha;
     const ops_packed *pk = g->packed;
-    if (pk && (batch != 1 || pk->M != g->M || pk->N != g->N || pk->K != g->K || !g->trans_b))
+    /* The packed layout is chosen for pk->M rows but serves any M (window
+     * blocks with a padded grid, batches); reduced-precision weights exist
+     * only packed, so a shape mismatch there is an error, not a fallback. */
+    if (pk && (batch != 1 || pk->N != g->N || pk->K != g->K || !g->trans_b)) {
+        if (pk->dt != OPS_F32 || !g->B)
+            return hadm_fail(err, HADM_ERR_INTERNAL, "matmul: packed weight %dx%d used as %dx%d",
+                             pk->N, pk->K, g->N, g->K);
         pk = NULL;
+    }
+    if (pk && pk->dt != OPS_F32)
+        return gemm_lowp(c, g, pk, err);
+    dnnl_data_type_t ab = g->ab_bf16 ? dnnl_bf16 : dnnl_f32;
     int64_t key[KEY_WORDS] = {1, batch, g->M, g->N, g->K, g->lda, g->ldb, g->trans_b, g->ldc, sa, sb,
                               sc, g->bias != NULL, g->accumulate};
     memcpy(&key[14], &alpha, sizeof alpha);
     key[15] = (int64_t)(intptr_t)pk;
+    key[16] = g->ab_bf16;
     cache_entry *e = cache_find(c, key);
     hadm_status s = HADM_OK;
     if (!e) {
@@ -313,11 +423,11 @@ static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa
         dnnl_dims_t as = {sa, g->lda, 1}, cs = {sc, g->ldc, 1};
         dnnl_dims_t bs_t = {sb, 1, g->ldb}, bs_n = {sb, g->ldb, 1};
         int off = batch == 1 ? 1 : 0, nd = 3 - off;
-        DNNL_TRY(dnnl_memory_desc_init_by_strides(&a_md, nd, ad + off, dnnl_f32, as + off), "md");
+        DNNL_TRY(dnnl_memory_desc_init_by_strides(&a_md, nd, ad + off, ab, as + off), "md");
         if (pk)
             b_md = pk->md;
         else
-            DNNL_TRY(dnnl_memory_desc_init_by_strides(&b_md, nd, bd + off, dnnl_f32,
+            DNNL_TRY(dnnl_memory_desc_init_by_strides(&b_md, nd, bd + off, ab,
                                                       (g->trans_b ? bs_t : bs_n) + off), "md");
         DNNL_TRY(dnnl_memory_desc_init_by_strides(&c_md, nd, cd + off, dnnl_f32, cs + off), "md");
         dnnl_dims_t biasd = {1, 1, g->N};
@@ -326,19 +436,86 @@ static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa
                                                   nd == 2 ? dnnl_ab : dnnl_abc), "md");
         dnnl_matmul_desc_t md;
         DNNL_TRY(dnnl_matmul_desc_init(&md, &a_md, &b_md, g->bias ? &bias_md : NULL, &c_md), "matmul desc");
-        if ((s = entry_build(c, e, &md, alpha, g->accumulate, err)))
+        entry_attr ea = {.alpha = alpha, .accumulate = g->accumulate};
+        if ((s = entry_build(c, e, &md, &ea, err)))
             return s;
     }
-    exec_arg a[4] = {{DNNL_ARG_SRC, dnnl_query_src_md, 0, (void *)g->A},
-                     {DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, pk ? pk->data : (void *)g->B},
-                     {DNNL_ARG_DST, dnnl_query_dst_md, 0, g->C},
-                     {DNNL_ARG_BIAS, dnnl_query_weights_md, 1, (void *)g->bias}};
+    exec_arg a[4] = {{DNNL_ARG_SRC, dnnl_query_src_md, 0, (void *)g->A, NULL},
+                     {DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, pk ? pk->data : (void *)g->B, NULL},
+                     {DNNL_ARG_DST, dnnl_query_dst_md, 0, g->C, NULL},
+                     {DNNL_ARG_BIAS, dnnl_query_weights_md, 1, (void *)g->bias, NULL}};
     if ((s = execute(c, e, a, g->bias ? 4 : 3, err)))
         return s;
     c->flops += 2.0 * batch * g->M * (double)g->N * g->K;
     return HADM_OK;
 fail:
     entry_clear(e);
+    return s;
+}
+
+/* A Linear with bf16 or s8 packed weights: A is converted into the
+ * context's low-precision buffer first (one pass over A, small next to the
+ * product). S8 scales A by one dynamic per-tensor factor, so the output
+ * scale of column n is a_scale * w_scale[n], passed at run time; the f32 bias
+ * is then added as a post-op, after the scaling. */
+static hadm_status gemm_lowp(ops_ctx *c, const ops_gemm *g, const ops_packed *pk, hadm_error *err)
+{
+    float alpha = g->alpha == 0 ? 1.0f : g->alpha;
+    int s8 = pk->dt == OPS_S8;
+    void *a = g->a_converted ? (void *)g->A : ops_lowp_buffer(c, (size_t)g->M * g->K * dtype_size(pk->dt));
+    if (!a)
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (matmul operand)");
+    if (s8) {
+        float sa = g->a_scale > 0 ? g->a_scale : 1.0f;
+        if (!g->a_converted) {
+            float mx = ops_rows_absmax(c, g->M, g->K, g->A, g->lda);
+            sa = mx > 0 && isfinite(mx) ? mx / 127.0f : 1.0f;
+            ops_rows_to_s8(c, g->M, g->K, g->A, g->lda, 1.0f / sa, a);
+        }
+        for (int n = 0; n < g->N; n++)
+            c->scales[n] = sa * pk->wscale[n] * alpha;
+    } else if (!g->a_converted) {
+        ops_rows_to_bf16(c, g->M, g->K, g->A, g->lda, a);
+    }
+    int64_t key[KEY_WORDS] = {3, g->M, g->N, g->K, g->ldc, g->bias != NULL, g->accumulate, pk->dt,
+                              (int64_t)(intptr_t)pk};
+    memcpy(&key[9], &alpha, sizeof alpha);
+    dnnl_memory_desc_t a_md, c_md, bias_md, scales_md;
+    dnnl_dims_t ad = {g->M, g->K}, cd = {g->M, g->N}, cs = {g->ldc, 1}, rowd = {1, g->N}, nd = {g->N};
+    hadm_status s = HADM_OK;
+    cache_entry *e = NULL;
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&a_md, 2, ad, dnnl_type(pk->dt), dnnl_ab), "md");
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&c_md, 2, cd, dnnl_f32, cs), "md");
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&bias_md, 2, rowd, dnnl_f32, dnnl_ab), "md");
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&scales_md, 1, nd, dnnl_f32, dnnl_a), "md");
+    if (!(e = cache_find(c, key))) {
+        e = cache_victim(c, key);
+        dnnl_matmul_desc_t md;
+        DNNL_TRY(dnnl_matmul_desc_init(&md, &a_md, &pk->md, g->bias && !s8 ? &bias_md : NULL, &c_md),
+                 "matmul desc");
+        entry_attr ea = {.alpha = s8 ? 1.0f : alpha, .accumulate = g->accumulate,
+                         .runtime_scales = s8 ? &scales_md : NULL,
+                         .bias_row = s8 && g->bias ? &bias_md : NULL};
+        if ((s = entry_build(c, e, &md, &ea, err)))
+            return s;
+    }
+    exec_arg args[5] = {{DNNL_ARG_SRC, dnnl_query_src_md, 0, a, NULL},
+                        {DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, pk->data, NULL},
+                        {DNNL_ARG_DST, dnnl_query_dst_md, 0, g->C, NULL}};
+    int n = 3;
+    if (s8)
+        args[n++] = (exec_arg){DNNL_ARG_ATTR_OUTPUT_SCALES, 0, 0, c->scales, &scales_md};
+    if (g->bias)
+        args[n++] = s8 ? (exec_arg){DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, 0, 0,
+                                    (void *)g->bias, &bias_md}
+                       : (exec_arg){DNNL_ARG_BIAS, dnnl_query_weights_md, 1, (void *)g->bias, NULL};
+    if ((s = execute(c, e, args, n, err)))
+        return s;
+    c->flops += 2.0 * g->M * (double)g->N * g->K;
+    return HADM_OK;
+fail:
+    if (e)
+        entry_clear(e);
     return s;
 }
 
@@ -408,8 +585,19 @@ hadm_status ops_conv2d(ops_ctx *c, const ops_conv *p, hadm_error *err)
     int wo = (p->W + 2 * p->pad - p->kw) / p->stride + 1;
     if (p->N <= 0 || ho <= 0 || wo <= 0)
         return p->N == 0 ? HADM_OK : hadm_fail(err, HADM_ERR_ARG, "conv2d: bad shape");
+    int bf16 = c->compute == OPS_BF16;
+    dnnl_data_type_t xt = bf16 ? dnnl_bf16 : dnnl_f32;
+    const void *x = p->x;
+    if (bf16) {
+        int64_t rows = (int64_t)p->N * p->H * p->W;
+        void *xb = ops_lowp_buffer(c, (size_t)rows * p->Cin * 2);
+        if (!xb)
+            return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (conv input)");
+        ops_rows_to_bf16(c, rows, p->Cin, p->x, p->Cin, xb);
+        x = xb;
+    }
     int64_t key[KEY_WORDS] = {2, p->N, p->H, p->W, p->Cin, p->Cout, p->kh, p->kw, p->stride, p->pad,
-                              p->bias != NULL, (int64_t)(intptr_t)p->w};
+                              p->bias != NULL, (int64_t)(intptr_t)p->w, bf16};
     cache_entry *e = cache_find(c, key);
     hadm_status s = HADM_OK;
     if (!e) {
@@ -418,23 +606,24 @@ hadm_status ops_conv2d(ops_ctx *c, const ops_conv *p, hadm_error *err)
         dnnl_dims_t xd = {p->N, p->Cin, p->H, p->W}, yd = {p->N, p->Cout, ho, wo};
         dnnl_dims_t wd = {p->Cout, p->Cin, p->kh, p->kw}, bd = {p->Cout};
         dnnl_dims_t st = {p->stride, p->stride}, pad = {p->pad, p->pad};
-        DNNL_TRY(dnnl_memory_desc_init_by_tag(&x_md, 4, xd, dnnl_f32, dnnl_nhwc), "md");
+        DNNL_TRY(dnnl_memory_desc_init_by_tag(&x_md, 4, xd, xt, dnnl_nhwc), "md");
         DNNL_TRY(dnnl_memory_desc_init_by_tag(&y_md, 4, yd, dnnl_f32, dnnl_nhwc), "md");
-        DNNL_TRY(dnnl_memory_desc_init_by_tag(&w_md, 4, wd, dnnl_f32, dnnl_format_tag_any), "md");
+        DNNL_TRY(dnnl_memory_desc_init_by_tag(&w_md, 4, wd, xt, dnnl_format_tag_any), "md");
         DNNL_TRY(dnnl_memory_desc_init_by_tag(&b_md, 1, bd, dnnl_f32, dnnl_a), "md");
         dnnl_convolution_desc_t cd;
         DNNL_TRY(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
                                                     &x_md, &w_md, p->bias ? &b_md : NULL, &y_md, st,
                                                     pad, pad), "conv desc");
-        if ((s = entry_build(c, e, &cd, 1.0f, 0, err)) || (s = conv_pack_weights(c, e, p, err))) {
+        entry_attr ea = {.alpha = 1.0f};
+        if ((s = entry_build(c, e, &cd, &ea, err)) || (s = conv_pack_weights(c, e, p, err))) {
             entry_clear(e);
             return s;
         }
     }
-    exec_arg a[4] = {{DNNL_ARG_SRC, dnnl_query_src_md, 0, (void *)p->x},
-                     {DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, e->packed_w},
-                     {DNNL_ARG_DST, dnnl_query_dst_md, 0, p->y},
-                     {DNNL_ARG_BIAS, dnnl_query_weights_md, 1, (void *)p->bias}};
+    exec_arg a[4] = {{DNNL_ARG_SRC, dnnl_query_src_md, 0, (void *)x, NULL},
+                     {DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, e->packed_w, NULL},
+                     {DNNL_ARG_DST, dnnl_query_dst_md, 0, p->y, NULL},
+                     {DNNL_ARG_BIAS, dnnl_query_weights_md, 1, (void *)p->bias, NULL}};
     if ((s = execute(c, e, a, p->bias ? 4 : 3, err)))
         return s;
     c->flops += 2.0 * p->N * ho * (double)wo * p->Cout * p->Cin * p->kh * p->kw;

@@ -103,9 +103,19 @@ static float hmax8(__m256 v)
     return _mm_cvtss_f32(_mm_max_ss(q, _mm_shuffle_ps(q, q, 1)));
 }
 
+static inline __m128i bf16x8(__m256 v)
+{
+    /* round to nearest even on the dropped 16 bits */
+    __m256i u = _mm256_castps_si256(v);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    u = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+    return _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+}
+
 /* Max-subtracted softmax. Partial sums stay in 8 float lanes (each lane adds
- * n/8 values in [0, 1]), which keeps the error near 1e-7 for 4096 keys. */
-static void softmax_row(float *x, int n)
+ * n/8 values in [0, 1]), which keeps the error near 1e-7 for 4096 keys. The
+ * result goes back to x, or as bf16 to y when y is not NULL. */
+static void softmax_row(float *x, int n, uint16_t *y)
 {
     int i = 0;
     __m256 vmax = _mm256_set1_ps(-INFINITY);
@@ -126,10 +136,20 @@ static void softmax_row(float *x, int n)
         sum += x[i];
     }
     __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
-    for (i = 0; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
-    for (; i < n; i++)
-        x[i] *= (float)(1.0 / sum);
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 p = _mm256_mul_ps(_mm256_loadu_ps(x + i), inv);
+        if (y)
+            _mm_storeu_si128((__m128i *)(y + i), bf16x8(p));
+        else
+            _mm256_storeu_ps(x + i, p);
+    }
+    for (; i < n; i++) {
+        float p = x[i] * (float)(1.0 / sum);
+        if (y)
+            y[i] = ops_f32_to_bf16(p);
+        else
+            x[i] = p;
+    }
 }
 
 void ops_softmax_rows(ops_ctx *c, int64_t rows, int n, float *x, int64_t ld)
@@ -137,7 +157,75 @@ void ops_softmax_rows(ops_ctx *c, int64_t rows, int n, float *x, int64_t ld)
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if (rows * n > PAR_MIN)
     for (int64_t r = 0; r < rows; r++)
-        softmax_row(x + r * ld, n);
+        softmax_row(x + r * ld, n, NULL);
+}
+
+void ops_softmax_rows_bf16(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, uint16_t *y,
+                           int64_t ldy)
+{
+    ops_ctx_enter(c);
+#pragma omp parallel for schedule(static) if (rows * n > PAR_MIN)
+    for (int64_t r = 0; r < rows; r++)
+        softmax_row((float *)x + r * ldx, n, y + r * ldy);
+}
+
+void ops_rows_to_bf16(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, uint16_t *y)
+{
+    ops_ctx_enter(c);
+#pragma omp parallel for schedule(static) if (rows * n > PAR_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * ldx;
+        uint16_t *yr = y + r * (int64_t)n;
+        int i = 0;
+        for (; i + 8 <= n; i += 8)
+            _mm_storeu_si128((__m128i *)(yr + i), bf16x8(_mm256_loadu_ps(xr + i)));
+        for (; i < n; i++)
+            yr[i] = ops_f32_to_bf16(xr[i]);
+    }
+}
+
+float ops_rows_absmax(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx)
+{
+    float mx = 0;
+    ops_ctx_enter(c);
+#pragma omp parallel for schedule(static) reduction(max : mx) if (rows * n > PAR_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * ldx;
+        __m256 m = _mm256_setzero_ps(), sign = _mm256_set1_ps(-0.0f);
+        int i = 0;
+        for (; i + 8 <= n; i += 8)
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + i)));
+        float rm = hmax8(m);
+        for (; i < n; i++)
+            rm = fabsf(xr[i]) > rm ? fabsf(xr[i]) : rm;
+        mx = rm > mx ? rm : mx;
+    }
+    return mx;
+}
+
+void ops_rows_to_s8(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, float inv_scale,
+                    int8_t *y)
+{
+    ops_ctx_enter(c);
+#pragma omp parallel for schedule(static) if (rows * n > PAR_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * ldx;
+        int8_t *yr = y + r * (int64_t)n;
+        __m256 s = _mm256_set1_ps(inv_scale);
+        int i = 0;
+        for (; i + 16 <= n; i += 16) {
+            /* cvtps rounds to nearest even; packs saturate to [-128, 127] */
+            __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + i), s));
+            __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + i + 8), s));
+            __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8);
+            __m128i q = _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+            _mm_storeu_si128((__m128i *)(yr + i), q);
+        }
+        for (; i < n; i++) {
+            float v = nearbyintf(xr[i] * inv_scale);
+            yr[i] = (int8_t)(v > 127 ? 127 : v < -128 ? -128 : v);
+        }
+    }
 }
 
 void ops_add(ops_ctx *c, float *y, const float *x, int64_t n)

@@ -1,0 +1,20 @@
+/* hadm bench internals: the machine ceilings measured in the same run. */
+#ifndef HADM_CLI_BENCH_H
+#define HADM_CLI_BENCH_H
+
+#include "hadm.h"
+
+typedef struct {
+    double f32, bf16, s8;          /* best matmul GFLOP/s (GOP/s for s8) */
+    double bw_triad_gbs, bw_copy_gbs;
+    int threads;
+} bench_ceilings;
+
+/* Matmul ceilings per element type: the best of a dim^3 product and the ViT
+ * MLP's shape, weights packed as the engine holds them, operands already in
+ * the type (no conversion pass counted). */
+hadm_status bench_measure_matmul(int threads, int dim, bench_ceilings *c, hadm_error *err);
+hadm_status bench_measure_bandwidth(int threads, bench_ceilings *c, hadm_error *err);
+double bench_median(double *v, int n);
+
+#endif
