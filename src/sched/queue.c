@@ -95,6 +95,8 @@ static void complete(int idx, sched_job *job, job_code code, hadm_result *res, c
     pthread_mutex_unlock(&job->lock);
     if (!last)
         return;
+    if (job->with_image)
+        job->with_image(job, job->image.rgb ? &job->image : NULL, job->with_image_user);
     hadm_image_free(&job->image);
     job->finished = hadm_now();
     job->done(job, job->user); /* the job may be freed from here on */

@@ -41,6 +41,12 @@ struct sched_job {
     double deadline;          /* hadm_now() seconds; 0 = none */
     job_done_fn done;
     void *user;
+    /* Optional: runs once, on the worker that completes the job, just before
+     * done() and while the decoded image still exists (NULL when decoding
+     * failed): for work on the pixels, such as drawing the boxes, that must
+     * not run on the submitter's thread. The image may be changed. */
+    void (*with_image)(sched_job *job, hadm_image *img, void *user);
+    void *with_image_user;
     /* Filled before done(). result[i] is owned by the job (sched_job_clear). */
     hadm_result *result[REG_MODELS];
     job_code code[REG_MODELS];

@@ -120,3 +120,31 @@ uint8_t *base64_decode(const char *in, size_t n, size_t *out_len)
     *out_len = o;
     return out;
 }
+
+char *base64_encode(const uint8_t *in, size_t len)
+{
+    static const char DIGITS[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    if (len > (SIZE_MAX - 1) / 4 * 3 - 3)
+        return NULL;
+    char *out = malloc((len + 2) / 3 * 4 + 1), *o = out;
+    if (!out)
+        return NULL;
+    size_t i = 0;
+    for (; i + 3 <= len; i += 3, o += 4) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        o[0] = DIGITS[v >> 18];
+        o[1] = DIGITS[(v >> 12) & 63];
+        o[2] = DIGITS[(v >> 6) & 63];
+        o[3] = DIGITS[v & 63];
+    }
+    if (i < len) { /* one or two bytes left: pad to four characters */
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0);
+        o[0] = DIGITS[v >> 18];
+        o[1] = DIGITS[(v >> 12) & 63];
+        o[2] = i + 1 < len ? DIGITS[(v >> 6) & 63] : '=';
+        o[3] = '=';
+        o += 4;
+    }
+    *o = 0;
+    return out;
+}

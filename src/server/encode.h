@@ -20,4 +20,6 @@ int parse_mode(const char *s, int want[REG_MODELS], const char **canonical);
 /* Decodes standard or URL-safe base64, skipping whitespace and an optional
  * "data:...;base64," prefix. Returns a malloc'd buffer (NULL on bad input). */
 uint8_t *base64_decode(const char *in, size_t in_len, size_t *out_len);
+/* Standard base64 with padding, NUL-terminated, malloc'd (NULL: no memory). */
+char *base64_encode(const uint8_t *in, size_t len);
 #endif

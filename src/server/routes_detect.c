@@ -8,8 +8,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include "server/annotate_reply.h"
 #include "server/encode.h"
 #include "server/fetch.h"
+#include "server/jsonlimit.h"
 #include "server/routes.h"
 #include "util/timer.h"
 
@@ -24,11 +26,13 @@ typedef struct {
     int status;         /* != 0: refused before queueing, with detail */
     char detail[1024];
     int job;            /* index into c->jobs, or -1 */
+    annot_output annot;
 } image_entry;
 
 typedef struct {
     int want[REG_MODELS];
     const char *mode;
+    annot_request annot;
     int batch;
     int n;
     image_entry *e;
@@ -39,8 +43,10 @@ static void state_free(void *p)
     detect_state *st = p;
     if (!st)
         return;
-    for (int i = 0; i < st->n; i++)
+    for (int i = 0; i < st->n; i++) {
         free(st->e[i].owned);
+        annot_output_free(&st->e[i].annot);
+    }
     free(st->e);
     free(st);
 }
@@ -65,18 +71,20 @@ static detect_state *state_new(req_ctx *c, int batch, int n)
     return st;
 }
 
-/* mode: the form's field, else the query's, else the JSON's. */
-static int take_mode(req_ctx *c, detect_state *st, const char *json_mode)
+/* mode and the annotation parameters: the form's field, else the query's,
+ * else the JSON body's (json may be NULL). */
+static int take_options(req_ctx *c, detect_state *st, const cJSON *json)
 {
     const form_part *f = http_form(c, "mode");
     const char *m = f ? (f->data.data ? f->data.data : "") : http_query(c, "mode");
-    if (!m)
-        m = json_mode;
+    const cJSON *jm = json ? cJSON_GetObjectItemCaseSensitive(json, "mode") : NULL;
+    if (!m && cJSON_IsString(jm))
+        m = jm->valuestring;
     if (parse_mode(m, st->want, &st->mode)) {
         http_error(c, 400, "mode must be local, global or both");
         return -1;
     }
-    return 0;
+    return annot_parse(c, json, st->batch, &st->annot);
 }
 
 static void entry_fail(image_entry *e, int status, const char *msg)
@@ -141,6 +149,7 @@ static int queue_entries(req_ctx *c, detect_state *st)
             continue;
         sched_job *j = &c->jobs[c->njobs];
         sched_job_init(j);
+        annot_attach(j, &st->annot, &e->annot);
         j->bytes = e->bytes;
         j->len = e->len;
         memcpy(j->want, st->want, sizeof j->want);
@@ -164,6 +173,12 @@ static int take_base64(req_ctx *c, image_entry *e, const cJSON *b64)
 
 static cJSON *parse_json_body(req_ctx *c)
 {
+    char why[128];
+    int over = c->body.data ? json_check_limits(c->body.data, c->body.len, why, sizeof why) : 0;
+    if (over) {
+        http_error(c, over, "%s", why);
+        return NULL;
+    }
     cJSON *j = c->body.data ? cJSON_ParseWithLength(c->body.data, c->body.len) : NULL;
     if (!cJSON_IsObject(j)) {
         cJSON_Delete(j);
@@ -184,9 +199,8 @@ static int single_from_json(req_ctx *c, detect_state *st)
     cJSON *j = parse_json_body(c);
     if (!j)
         return ROUTE_DONE;
-    const cJSON *mode = cJSON_GetObjectItemCaseSensitive(j, "mode");
     int bad = take_base64(c, &st->e[0], cJSON_GetObjectItemCaseSensitive(j, "image_base64")) ||
-              take_mode(c, st, cJSON_IsString(mode) ? mode->valuestring : NULL);
+              take_options(c, st, j);
     cJSON_Delete(j);
     return bad ? ROUTE_DONE : queue_entries(c, st);
 }
@@ -217,7 +231,7 @@ int route_detect_start(req_ctx *c)
         http_error(c, 400, "send the image as multipart form field 'file'");
         return ROUTE_DONE;
     }
-    if (take_mode(c, st, NULL))
+    if (take_options(c, st, NULL))
         return ROUTE_DONE;
     return queue_entries(c, st);
 }
@@ -253,6 +267,7 @@ static int submit_fetched(req_ctx *c, detect_state *st, double deadline)
     }
     sched_job *j = &c->jobs[0];
     sched_job_init(j);
+    annot_attach(j, &st->annot, &e->annot);
     c->njobs = 1;
     j->bytes = e->bytes;
     j->len = e->len;
@@ -360,11 +375,10 @@ int route_detect_url_start(req_ctx *c)
     if (!j)
         return ROUTE_DONE;
     const cJSON *url = cJSON_GetObjectItemCaseSensitive(j, "image_url");
-    const cJSON *mode = cJSON_GetObjectItemCaseSensitive(j, "mode");
     int rc = ROUTE_DONE;
     if (!cJSON_IsString(url) || !url->valuestring[0])
         http_error(c, 400, "image_url (a string) is required");
-    else if (!take_mode(c, st, cJSON_IsString(mode) ? mode->valuestring : NULL))
+    else if (!take_options(c, st, j))
         rc = start_fetch(c, url->valuestring);
     cJSON_Delete(j);
     return rc;
@@ -384,7 +398,7 @@ static int batch_from_form(req_ctx *c)
         return ROUTE_DONE;
     }
     detect_state *st = state_new(c, 1, n);
-    if (!st || take_mode(c, st, NULL))
+    if (!st || take_options(c, st, NULL))
         return ROUTE_DONE;
     for (int i = 0, k = 0; i < c->nparts; i++) {
         const form_part *f = &c->parts[i];
@@ -404,14 +418,13 @@ static int batch_from_json(req_ctx *c)
     if (!j)
         return ROUTE_DONE;
     const cJSON *images = cJSON_GetObjectItemCaseSensitive(j, "images");
-    const cJSON *mode = cJSON_GetObjectItemCaseSensitive(j, "mode");
     int n = cJSON_GetArraySize(images);
     detect_state *st = NULL;
     if (!cJSON_IsArray(images) || n == 0)
         http_error(c, 400, "images (a non-empty array) is required");
     else if (n > c->srv->cfg.max_batch_images)
         http_error(c, 413, "%d images in one batch; the limit is %d", n, c->srv->cfg.max_batch_images);
-    else if ((st = state_new(c, 1, n)) && take_mode(c, st, cJSON_IsString(mode) ? mode->valuestring : NULL))
+    else if ((st = state_new(c, 1, n)) && take_options(c, st, j))
         st = NULL;
     int k = 0;
     const cJSON *img;
@@ -456,8 +469,14 @@ static cJSON *entry_result(req_ctx *c, detect_state *st, image_entry *e, int *st
         *status = http_status_of_job(code);
         return json_error_object(msg);
     }
+    cJSON *r = json_detect_response(j, st->mode, j->finished - j->submitted);
     *status = 200;
-    return json_detect_response(j, st->mode, j->finished - j->submitted);
+    if (st->annot.kind == ANNOT_JSON && annot_add_json(r, &e->annot)) {
+        cJSON_Delete(r);
+        *status = 500;
+        return json_error_object(e->annot.error);
+    }
+    return r;
 }
 
 void route_detect_finish(req_ctx *c)
@@ -465,7 +484,12 @@ void route_detect_finish(req_ctx *c)
     detect_state *st = c->state;
     int status = 200;
     if (!st->batch) {
-        cJSON *r = entry_result(c, st, &st->e[0], &status);
+        image_entry *e = &st->e[0];
+        if (st->annot.kind == ANNOT_IMAGE && !e->status && sched_job_outcome(&c->jobs[e->job], NULL) == JOB_OK) {
+            annot_respond_image(c, &e->annot);
+            return;
+        }
+        cJSON *r = entry_result(c, st, e, &status);
         if (status == 503)
             c->retry_after = "5";
         http_json(c, status, r);
