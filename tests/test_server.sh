@@ -175,6 +175,11 @@ check "/openapi.json describes every route" $PY field "$T/s" \
     "all(p in d['paths'] for p in ['/','/health','/ready','/models/status','/api/control/{action}','/api/diagnostics','/metrics','/openapi.json','/api/v1/detect','/api/detect','/api/v1/detect-base64','/api/v1/detect-url','/detect','/detect/batch','/v2/health/live','/v2/health/ready','/v2/models/{name}','/v2/models/{name}/ready','/v2/models/{name}/infer'])" True
 expect "GET / 200" 200 "$(req "$T/s" "$URL/")"
 check "GET / is HTML" grep -qi "text/html" "$T/s.h"
+expect "GET /console.js 200" 200 "$(req "$T/s" "$URL/console.js")"
+check "console.js: type and ETag" grep -qi "^Content-Type: text/javascript" "$T/s.h"
+ETAG=$(sed -n 's/^[Ee][Tt][Aa][Gg]: *\("[0-9a-f]*"\).*/\1/p' "$T/s.h")
+expect "console.js with If-None-Match -> 304" 304 "$(req "$T/s" -H "If-None-Match: $ETAG" "$URL/console.js")"
+expect "GET /console.css 200" 200 "$(req "$T/s" "$URL/console.css")"
 expect "/metrics 200" 200 "$(req "$T/m" "$URL/metrics")"
 for pat in 'hadm_http_requests_total{route="/api/v1/detect",status="200"}' \
     'hadm_http_request_duration_seconds_bucket{route="/api/v1/detect",status="422",le=' \
@@ -228,6 +233,12 @@ expect "auth: /health without key 200" 200 "$(req "$T/s" "$URL/health")"
 expect "auth: /ready without key 200" 200 "$(req "$T/s" "$URL/ready")"
 expect "auth: /v2/health/live without key 200" 200 "$(req "$T/s" "$URL/v2/health/live")"
 expect "auth: /models/status without key -> 401" 401 "$(req "$T/s" "$URL/models/status")"
+expect "auth: GET / without key -> 401" 401 "$(req "$T/s" "$URL/")"
+check "auth: ... JSON for a non-browser" grep -q '"success":false' "$T/s"
+expect "auth: GET / from a browser without key -> 401" 401 "$(req "$T/s" -H 'Accept: text/html' "$URL/")"
+check "auth: ... the sign-in page, without the key" bash -c "grep -q 'id=\"signin\"' '$T/s' && ! grep -q secret- '$T/s'"
+expect "auth: /console.js without key -> 401" 401 "$(req "$T/s" -H 'Accept: text/html' "$URL/console.js")"
+expect "auth: GET / with key 200" 200 "$(req "$T/s" -H 'X-API-Key: secret-one' "$URL/")"
 expect "auth: detect without key -> 401" 401 "$(req "$T/s" -F "file=@$IMG" "$URL/api/v1/detect?mode=local")"
 expect "auth: 401 reaches a client sending its body at once (x5)" "401 401 401 401 401" \
     "$($PY post-status "$URL" "/api/v1/detect?mode=local" "$IMG" 5)"

@@ -14,6 +14,7 @@
 #include "server/fetch.h"
 #include "server/http.h"
 #include "server/request.h"
+#include "server/routes.h"
 #include "util/timer.h"
 
 /* Retry-After seconds: a full queue drains quickly; a model that is not
@@ -90,6 +91,22 @@ void http_respond_static(req_ctx *c, int status, const char *content_type, const
     if (!r)
         return;
     MHD_add_response_header(r, "Content-Type", content_type);
+    queue_response(c, status, r, len);
+}
+
+void http_respond_asset(req_ctx *c, int status, const char *content_type, const void *body, size_t len,
+                        const char *etag, const char *cache_control)
+{
+    if (c->responded)
+        return;
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_PERSISTENT);
+    if (!r)
+        return;
+    if (content_type)
+        MHD_add_response_header(r, "Content-Type", content_type);
+    if (etag)
+        MHD_add_response_header(r, "ETag", etag);
+    MHD_add_response_header(r, "Cache-Control", cache_control);
     queue_response(c, status, r, len);
 }
 
@@ -234,8 +251,11 @@ static enum MHD_Result begin(req_ctx *c)
     if (!ctx_route(c, &wrong_method))
         return refuse(c, wrong_method ? 405 : 404,
                       wrong_method ? "method not allowed on this route" : "no such route");
-    if (!ctx_authorized(c))
+    if (!ctx_authorized(c)) {
+        if (route_signin_page(c))
+            return MHD_YES;
         return refuse(c, 401, "missing or invalid API key");
+    }
     const char *cl = http_header(c, "Content-Length");
     unsigned long long n = 0;
     if (cl) {
@@ -304,8 +324,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!c->responded)
             ctx_consume(c, upload_data, *upload_size);
         *upload_size = 0;
-        /* Past the drain limit, stop reading: closing is all that is left. */
-        return c->body_seen > drain_limit(c->srv) ? MHD_NO : MHD_YES;
+        /* Past the drain limit, stop reading: closing is all that is left.
+         * A body trickling in past the request deadline is cut off too: the
+         * idle timeout alone never ends a slow-but-steady sender. */
+        int timeout_ms = c->srv->cfg.request_timeout_ms;
+        if (c->body_seen > drain_limit(c->srv) || (timeout_ms > 0 && hadm_now() - c->t0 > timeout_ms * 1e-3))
+            return MHD_NO;
+        return MHD_YES;
     }
     if (c->responded)
         return MHD_YES;
@@ -330,6 +355,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         log_line("warn", "request_aborted", "\"id\":%llu,\"route\":%s,\"status\":%d,\"reason\":%d",
                  (unsigned long long)c->id, log_quote(path, sizeof path, c->path),
                  c->responded ? c->status : 0, (int)toe);
+        metrics_aborted(c->srv->met);
     }
     ctx_free(c);
 }
@@ -364,7 +390,7 @@ static struct MHD_Daemon *start_daemon(server *srv)
     struct MHD_OptionItem opts[] = {
         {MHD_OPTION_SOCK_ADDR, 0, &addr},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, srv},
-        {MHD_OPTION_CONNECTION_TIMEOUT, 60, NULL},
+        {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)(cfg->idle_timeout_s > 0 ? cfg->idle_timeout_s : 60), NULL},
         {MHD_OPTION_CONNECTION_LIMIT, 2000, NULL},
         {MHD_OPTION_CONNECTION_MEMORY_LIMIT, 256 * 1024, NULL},
         {MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024, NULL},
@@ -374,6 +400,16 @@ static struct MHD_Daemon *start_daemon(server *srv)
     };
     return MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, srv,
                             MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+}
+
+/* For in-process drivers (the fuzz targets, their regression test): the same
+ * request handling without a listening socket or threads of its own; the
+ * driver adds connections with MHD_add_connection and turns MHD_run. */
+struct MHD_Daemon *http_daemon_embedded(server *srv)
+{
+    return MHD_start_daemon(MHD_USE_NO_LISTEN_SOCKET | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC, 0, NULL,
+                            NULL, on_request, srv, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024), MHD_OPTION_END);
 }
 
 /* Stop accepting, then wait until every request in flight has its answer.

@@ -101,6 +101,10 @@ extern const int ROUTE_COUNT;
 void http_release(req_ctx *c);
 void http_respond(req_ctx *c, int status, const char *content_type, char *body, size_t len);
 void http_respond_static(req_ctx *c, int status, const char *content_type, const char *body);
+/* A body that outlives the request (built-in files), with caching headers;
+ * etag may be NULL. */
+void http_respond_asset(req_ctx *c, int status, const char *content_type, const void *body, size_t len,
+                        const char *etag, const char *cache_control);
 void http_json(req_ctx *c, int status, cJSON *obj);
 void http_error(req_ctx *c, int status, const char *fmt, ...) HADM_PRINTF(3, 4);
 
@@ -119,10 +123,16 @@ int http_status_of_job(job_code code);
 int buf_append(byte_buf *b, const void *data, size_t n);
 void buf_free(byte_buf *b);
 
+/* http.c: a daemon with no socket or thread of its own, driven by the caller
+ * (MHD_add_connection + MHD_run); srv->met must be set. For fuzz targets. */
+struct MHD_Daemon *http_daemon_embedded(server *srv);
+
 /* metrics.c */
 metrics *metrics_new(void);
 void metrics_free(metrics *m);
 void metrics_observe(metrics *m, int route_index, int status, double seconds);
+/* A request whose connection ended before its answer was sent in full. */
+void metrics_aborted(metrics *m);
 char *metrics_render(metrics *m, server *srv, size_t *len);
 /* Resident set size of this process in bytes (0 if unknown). */
 int64_t process_rss_bytes(void);

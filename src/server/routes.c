@@ -5,13 +5,16 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "engine/cuda_hooks.h"
 #include "server/encode.h"
 #include "server/routes.h"
 #include "util/timer.h"
 
 /* Order matters only for readability; paths are unique per method. */
 const route_def ROUTES[] = {
-    {"GET", "/", 1, route_index, route_no_finish},
+    {"GET", "/", 1, route_web_asset, route_no_finish},
+    {"GET", "/console.css", 1, route_web_asset, route_no_finish},
+    {"GET", "/console.js", 1, route_web_asset, route_no_finish},
     {"GET", "/health", 0, route_health, route_no_finish},
     {"GET", "/ready", 0, route_ready, route_no_finish},
     {"GET", "/models/status", 1, route_models_status, route_no_finish},
@@ -35,12 +38,6 @@ const route_def ROUTES[] = {
 const int ROUTE_COUNT = (int)(sizeof ROUTES / sizeof ROUTES[0]);
 
 void route_no_finish(req_ctx *c) { http_error(c, 500, "internal: route has no asynchronous part"); }
-
-int route_index(req_ctx *c)
-{
-    http_respond_static(c, 200, "text/html; charset=utf-8", INDEX_HTML);
-    return ROUTE_DONE;
-}
 
 int route_openapi(req_ctx *c)
 {
@@ -209,6 +206,30 @@ static double meminfo_bytes(const char *key)
     return proc_value("/proc/meminfo", key, v, sizeof v) ? atof(v) * 1024.0 : 0;
 }
 
+/* The GPUs the models run on (engine/cuda), with their memory. */
+static void gpu_json(cJSON *gpu)
+{
+    cuda_gpu_status g[8];
+    int n = cuda_gpu_status_list(g, 8);
+    cJSON_AddBoolToObject(gpu, "available", n > 0);
+    cJSON_AddBoolToObject(gpu, "cuda_backend", n >= 0);
+    if (n <= 0) {
+        cJSON_AddStringToObject(gpu, "detail", n < 0 ? "this build has no CUDA backend (rebuild with -DHADM_CUDA=ON)"
+                                                     : "no model runs on a GPU");
+        return;
+    }
+    cJSON *devs = cJSON_AddArrayToObject(gpu, "devices");
+    for (int i = 0; i < n; i++) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddNumberToObject(d, "index", g[i].index);
+        cJSON_AddStringToObject(d, "name", g[i].name);
+        cJSON_AddNumberToObject(d, "total_bytes", (double)g[i].total_bytes);
+        cJSON_AddNumberToObject(d, "free_bytes", (double)g[i].free_bytes);
+        cJSON_AddNumberToObject(d, "reserved_by_models_bytes", (double)g[i].reserved_bytes);
+        cJSON_AddItemToArray(devs, d);
+    }
+}
+
 int route_diagnostics(req_ctx *c)
 {
     server *srv = c->srv;
@@ -224,9 +245,7 @@ int route_diagnostics(req_ctx *c)
     cJSON_AddNumberToObject(mem, "total_bytes", meminfo_bytes("MemTotal"));
     cJSON_AddNumberToObject(mem, "available_bytes", meminfo_bytes("MemAvailable"));
     cJSON_AddNumberToObject(mem, "process_rss_bytes", (double)process_rss_bytes());
-    cJSON *gpu = cJSON_AddObjectToObject(o, "gpu");
-    cJSON_AddBoolToObject(gpu, "available", 0);
-    cJSON_AddStringToObject(gpu, "detail", "this build runs on the CPU");
+    gpu_json(cJSON_AddObjectToObject(o, "gpu"));
     cJSON_AddItemToObject(o, "models", models_json(srv));
     sched_stats st;
     sched_get_stats(srv->sch, &st);

@@ -19,8 +19,12 @@ int route_v2_model_ready(req_ctx *c);
 int route_v2_infer_start(req_ctx *c);
 void route_v2_infer_finish(req_ctx *c);
 
-/* routes_admin.c */
-int route_index(req_ctx *c);
+/* routes_web.c: the console's files, and the sign-in page that answers a
+ * browser's unauthorized GET / (1 when it answered). */
+int route_web_asset(req_ctx *c);
+int route_signin_page(req_ctx *c);
+
+/* routes.c */
 int route_health(req_ctx *c);
 int route_ready(req_ctx *c);
 int route_models_status(req_ctx *c);
@@ -34,7 +38,6 @@ void route_no_finish(req_ctx *c);
  * why in buf. */
 int server_is_ready(server *srv, char *why, size_t cap);
 
-/* assets.c: the web page and the OpenAPI document. */
-extern const char INDEX_HTML[];
+/* assets.c: the OpenAPI document. */
 extern const char OPENAPI_JSON[];
 #endif
