@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/cuda_hooks.h"
+#include "engine/device_plan.h"
 #include "engine/engine.h"
 #include "util/err.h"
 #include "util/timer.h"
@@ -147,6 +149,22 @@ static void run_chunk(struct hadm_model *m, ops_ctx *c, job **jobs, int n, float
     }
 }
 
+/* On the GPU the whole forward, NMS included, runs in one go per batch (engine/cuda). */
+static void run_jobs_cuda(struct hadm_model *m, job *jobs, int n, const hadm_detect_options *opt)
+{
+    for (int i = 0; i < n;) {
+        cuda_job cj[CUDA_MAX_BATCH];
+        int idx[CUDA_MAX_BATCH], k = 0;
+        for (; i < n && k < CUDA_MAX_BATCH; i++)
+            if (jobs[i].st == HADM_OK)
+                idx[k] = i, cj[k++] = (cuda_job){jobs[i].chw, jobs[i].g, jobs[i].res, {0}, HADM_OK};
+        cuda_detect_jobs(m, cj, k, opt);
+        for (int j = 0; j < k; j++)
+            if ((jobs[idx[j]].st = cj[j].st))
+                jobs[idx[j]].err = cj[j].err;
+    }
+}
+
 static hadm_status run_jobs(struct hadm_model *m, job *jobs, int n, const hadm_detect_options *opt,
                             const engine_trace *t, hadm_error *err)
 {
@@ -156,6 +174,10 @@ static hadm_status run_jobs(struct hadm_model *m, job *jobs, int n, const hadm_d
     per_pass = per_pass > VIT_MAX_BATCH ? VIT_MAX_BATCH : per_pass;
     for (int i = 0; i < n; i++)
         jobs[i].st = preprocess(cfg, &jobs[i], opt ? opt->channel_order : HADM_RGB, t);
+    if (m->cuda) {
+        run_jobs_cuda(m, jobs, n, opt);
+        return HADM_OK;
+    }
     ops_ctx *c = NULL;
     head_buffers b;
     float *tokens = malloc((size_t)per_pass * T * cfg->embed_dim * sizeof(float));
@@ -175,6 +197,8 @@ static hadm_status run_jobs(struct hadm_model *m, job *jobs, int n, const hadm_d
             model_ctx_release(m, c);
         }
         heads_free(&b);
+        if (!s) /* weights read from a file that changed under us are not results */
+            s = st_check_intact(m->file, err);
     }
     free(ready);
     free(tokens);

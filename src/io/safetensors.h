@@ -37,6 +37,12 @@ void st_close(st_file *f);
  * buffers opened with st_open_buffer. */
 void st_release_pages(const st_file *f, const void *p, size_t n);
 
+/* After reading weights from a mapped file: an error when the file was
+ * truncated (the mapping then reads as zeros, see io/mapguard.h) or written
+ * in place since it was opened, so whatever was computed must be dropped.
+ * Renaming a new file over the old one is safe and is not an error. */
+hadm_status st_check_intact(const st_file *f, hadm_error *err);
+
 int st_count(const st_file *f);
 const st_tensor *st_at(const st_file *f, int i);
 const st_tensor *st_find(const st_file *f, const char *name);

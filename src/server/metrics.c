@@ -25,6 +25,7 @@ struct metrics {
     pthread_mutex_t lock;
     int nroutes; /* the table's routes + one for unmatched paths */
     series *s;   /* [route][status] */
+    uint64_t aborted; /* atomic */
 };
 
 metrics *metrics_new(void)
@@ -71,6 +72,11 @@ void metrics_observe(metrics *m, int route_index, int status, double seconds)
     if (b < NLAT)
         s->bucket[b]++;
     pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_aborted(metrics *m)
+{
+    __atomic_add_fetch(&m->aborted, 1, __ATOMIC_RELAXED);
 }
 
 int64_t process_rss_bytes(void)
@@ -145,6 +151,10 @@ static void render_http(metrics *m, byte_buf *b)
                 route_label(r), st, (unsigned long long)s->count);
         }
     free(copy);
+    out(b, "# HELP hadm_http_requests_aborted_total Requests whose connection closed before the whole "
+           "answer was sent (client gone, timeout, cut-off body).\n"
+           "# TYPE hadm_http_requests_aborted_total counter\nhadm_http_requests_aborted_total %llu\n",
+        (unsigned long long)__atomic_load_n(&m->aborted, __ATOMIC_RELAXED));
 }
 
 static void render_sched(server *srv, byte_buf *b)

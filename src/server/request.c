@@ -124,8 +124,10 @@ int ctx_route(req_ctx *c, int *method_mismatch)
     return 0;
 }
 
-/* Compares in time that depends only on the configured key's length. */
-static int key_equal(const char *given, const char *key)
+/* Compares in time that depends only on the configured key's length (every
+ * byte is looked at, no early exit), so response times do not reveal how
+ * much of a guessed key was right. */
+int ctx_key_equal(const char *given, const char *key)
 {
     size_t glen = strlen(given), klen = strlen(key);
     unsigned diff = glen != klen;
@@ -152,7 +154,7 @@ int ctx_authorized(req_ctx *c)
         return 0;
     int ok = 0;
     for (int i = 0; i < cfg->n_api_keys; i++)
-        ok |= key_equal(k, cfg->api_keys[i]);
+        ok |= ctx_key_equal(k, cfg->api_keys[i]);
     return ok;
 }
 
@@ -168,8 +170,9 @@ static enum MHD_Result form_iter(void *cls, enum MHD_ValueKind kind, const char 
     /* A part's first chunk comes with offset 0; an empty first chunk of the
      * same field is the same part. */
     if (!p || (off == 0 && (p->data.len > 0 || strcmp(p->name, key)))) {
-        if (c->nparts >= FORM_MAX_PARTS) {
-            c->form_error = 1;
+        if (c->nparts >= FORM_MAX_PARTS) { /* answered once the body is drained */
+            c->refused = 413;
+            snprintf(c->refused_msg, sizeof c->refused_msg, "more than %d form parts", FORM_MAX_PARTS);
             return MHD_NO;
         }
         form_part *np = realloc(c->parts, (size_t)(c->nparts + 1) * sizeof *np);

@@ -9,6 +9,8 @@ void ctx_free(req_ctx *c);
  * *method_mismatch says whether the path exists with another method). */
 int ctx_route(req_ctx *c, int *method_mismatch);
 int ctx_authorized(req_ctx *c);
+/* 1 when given equals key, in time independent of given's content. */
+int ctx_key_equal(const char *given, const char *key);
 /* Starts a form parser for multipart/urlencoded bodies: 1 started, 0 the body
  * is not a form, -1 a form without a usable boundary. */
 int ctx_open_form(req_ctx *c);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "server/encode.h"
+#include "server/jsonlimit.h"
 #include "server/routes.h"
 
 typedef struct {
@@ -181,6 +182,9 @@ static const char *parse_infer(req_ctx *c, infer_state *st)
             return "Inference-Header-Content-Length is larger than the body";
         json_len = (size_t)n;
     }
+    char why[128];
+    if (c->body.data && json_check_limits(c->body.data, json_len, why, sizeof why))
+        return "the inference request is nested too deeply or holds too many values";
     cJSON *j = c->body.data ? cJSON_ParseWithLength(c->body.data, json_len) : NULL;
     const char *bad = NULL;
     const cJSON *inputs = cJSON_GetObjectItemCaseSensitive(j, "inputs"), *in = NULL, *it;

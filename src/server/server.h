@@ -23,6 +23,7 @@ typedef struct {
     int n_url_allow;
     int lazy;                       /* /ready semantics: loadable is enough */
     const char *port_file;          /* if set, the bound port is written there */
+    int idle_timeout_s;             /* a connection silent this long is closed */
 } server_config;
 
 /* Serves until SIGTERM or SIGINT arrive (the caller blocks both in every
