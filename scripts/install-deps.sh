@@ -13,10 +13,16 @@ PACKAGES=(
   libexif-dev                 # EXIF orientation
   libmicrohttpd-dev           # HTTP server
   libcurl4-openssl-dev        # server: /api/v1/detect-url fetches (off unless allowed)
+  libcairo2-dev               # annotated images: boxes and text labels (cairo + FreeType)
+  fonts-dejavu-core           # the annotation labels' font
   curl                        # server integration tests
+  nginx                       # test: deploy/nginx.conf balancing 3 instances (own prefix; the system service is left alone)
+  clang libclang-rt-14-dev libomp-dev  # fuzz targets (tools/fuzz.sh): libFuzzer, sanitizers, OpenMP for clang
   python3                     # test helpers (no third-party modules)
   chromium                    # test: monitor's HTML report renders in a headless browser
 )
+# Browser test (tests/test_console.sh): the machine's Node.js/npm, else Debian's.
+command -v npm >/dev/null || PACKAGES+=(nodejs npm)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
