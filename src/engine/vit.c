@@ -9,7 +9,7 @@
 #include "engine/engine.h"
 #include "util/err.h"
 
-enum { BUF_NORM, BUF_QKV, BUF_ATTN, BUF_HID };
+enum { BUF_NORM, BUF_QKV, BUF_ATTN, BUF_HID, BUF_FFN };
 
 typedef struct {
     const struct hadm_model *m;
@@ -122,23 +122,26 @@ static hadm_status attention_block(vit_run *r, const vit_block_w *b, int global,
 }
 
 /* x += w3(LN_F(silu(w1 n) * (w2 n))), n = norm2(x) (spec 2.7). w1 and w2 are
- * one matmul: row r of the hidden buffer is [w1 n | w2 n]; the product and
- * its LayerNorm are formed in place in the first half. */
+ * one matmul: row r of the hidden buffer is [w1 n | w2 n]; the product is
+ * formed in place in the first half and normed into a dense buffer, because
+ * oneDNN runs a packed matmul on a strided A with its reference kernel
+ * (hundreds of times slower). */
 static hadm_status mlp_block(vit_run *r, const vit_block_w *b, float *x)
 {
     const hadm_config *cfg = &r->m->cfg;
     int D = r->D, F = r->F, rows = r->B * r->T;
     float *n = ops_scratch(r->c, BUF_NORM, (size_t)rows * D);
     float *hid = ops_scratch(r->c, BUF_HID, (size_t)rows * 2 * F);
-    if (!n || !hid)
+    float *ffn = ops_scratch(r->c, BUF_FFN, (size_t)rows * F);
+    if (!n || !hid || !ffn)
         return hadm_fail(r->err, HADM_ERR_NOMEM, "out of memory");
     ops_layernorm(r->c, rows, D, x, D, b->norm2_g, b->norm2_b, cfg->ln_eps, n, D);
     hadm_status s = linear(r, rows, n, D, NULL, b->w12_b, b->w12_pk, 2 * F, D, hid, 2 * F, 0);
     if (s)
         return s;
     ops_silu_mul(r->c, rows, F, hid, 2 * F, hid + F, 2 * F);
-    ops_layernorm(r->c, rows, F, hid, 2 * F, b->ffn_ln_g, b->ffn_ln_b, cfg->ln_eps, hid, 2 * F);
-    return linear(r, rows, hid, 2 * F, NULL, b->w3.b, b->w3_pk, D, F, x, D, 1);
+    ops_layernorm(r->c, rows, F, hid, 2 * F, b->ffn_ln_g, b->ffn_ln_b, cfg->ln_eps, ffn, F);
+    return linear(r, rows, ffn, F, NULL, b->w3.b, b->w3_pk, D, F, x, D, 1);
 }
 
 /* Traces image 0 of the batch (the golden tests run one image). */
