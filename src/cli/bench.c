@@ -36,6 +36,7 @@ typedef struct {
     double load_s, forward_s, gflop;
     hadm_timings stage;         /* per-stage medians */
     long long peak_rss_bytes, both_rss_bytes;
+    bench_ceilings ceil;        /* the ceilings child's result */
     char variant[16], error[600];
 } prec_report;
 
@@ -399,22 +400,43 @@ static void print_json(const bench_args *a, const bench_ceilings *c, const prec_
     printf("}}\n");
 }
 
-static int measure_ceilings(const bench_args *a, bench_ceilings *c)
+typedef struct {
+    const bench_args *a;
+    int bandwidth;
+} ceiling_job;
+
+static void ceiling_child(const void *arg, prec_report *r)
 {
+    const ceiling_job *j = arg;
     hadm_error err = {0};
-    bench_ceilings again = {0};
-    int dim = a->full ? PEAK_DIM : PEAK_DIM_TINY;
-    if (bench_measure_matmul(a->threads, dim, c->f32 ? &again : c, &err) ||
-        (!c->bw_triad_gbs && bench_measure_bandwidth(c->threads, c, &err))) {
-        cli_error("bench: %s", err.msg);
+    int dim = j->a->full ? PEAK_DIM : PEAK_DIM_TINY;
+    if (bench_measure_matmul(j->a->threads, dim, j->a->want, &r->ceil, &err) ||
+        (j->bandwidth && bench_measure_bandwidth(r->ceil.threads, &r->ceil, &err)))
+        snprintf(r->error, sizeof r->error, "%.500s", err.msg);
+    else
+        r->ok = 1;
+}
+
+/* Measured in a child process like everything that computes: libgomp's
+ * thread pool does not survive fork(), so the parent never starts it.
+ * Other work on a shared machine can slow a measurement: the ceilings are
+ * measured again after the forwards and the higher kept, so a disturbed
+ * first measurement cannot inflate the ratios. */
+static int measure_ceilings(const bench_args *a, bench_ceilings *c, int first)
+{
+    ceiling_job j = {a, first};
+    prec_report r;
+    if (in_child(ceiling_child, &j, &r)) {
+        cli_error("bench: %s", r.error);
         return 1;
     }
-    /* Other work on a shared machine can slow a measurement: the ceilings are
-     * measured again after the forwards and the higher kept, so a disturbed
-     * first measurement cannot inflate the ratios. */
-    c->f32 = again.f32 > c->f32 ? again.f32 : c->f32;
-    c->bf16 = again.bf16 > c->bf16 ? again.bf16 : c->bf16;
-    c->s8 = again.s8 > c->s8 ? again.s8 : c->s8;
+    if (first) {
+        *c = r.ceil;
+        return 0;
+    }
+    c->f32 = r.ceil.f32 > c->f32 ? r.ceil.f32 : c->f32;
+    c->bf16 = r.ceil.bf16 > c->bf16 ? r.ceil.bf16 : c->bf16;
+    c->s8 = r.ceil.s8 > c->s8 ? r.ceil.s8 : c->s8;
     return 0;
 }
 
@@ -457,7 +479,7 @@ int cmd_bench(int argc, char **argv)
     bench_ceilings c = {0};
     if (!a.json)
         fprintf(stderr, "hadm: measuring matmul ceilings (f32, bf16, s8) and memory bandwidth...\n");
-    if (measure_ceilings(&a, &c))
+    if (measure_ceilings(&a, &c, 1))
         return 1;
     char paths[2][4096] = {"", ""};
     rc = a.model_path ? 0 : make_models(&a, paths);
@@ -480,7 +502,7 @@ int cmd_bench(int argc, char **argv)
     for (int i = 0; i < 2; i++)
         if (paths[i][0])
             unlink(paths[i]);
-    if (measure_ceilings(&a, &c))
+    if (measure_ceilings(&a, &c, 0))
         return 1;
     if (a.json)
         print_json(&a, &c, r);

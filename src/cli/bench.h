@@ -13,7 +13,8 @@ typedef struct {
 /* Matmul ceilings per element type: the best of a dim^3 product and the ViT
  * MLP's shape, weights packed as the engine holds them, operands already in
  * the type (no conversion pass counted). */
-hadm_status bench_measure_matmul(int threads, int dim, bench_ceilings *c, hadm_error *err);
+/* want[t]: measure type t (f32, bf16, s8); the others are left 0. */
+hadm_status bench_measure_matmul(int threads, int dim, const int want[3], bench_ceilings *c, hadm_error *err);
 hadm_status bench_measure_bandwidth(int threads, bench_ceilings *c, hadm_error *err);
 double bench_median(double *v, int n);
 
