@@ -79,8 +79,9 @@ typedef enum { HADM_DEVICE_CPU = 0, HADM_DEVICE_CUDA = 1 } hadm_device_kind;
 /* What the matmuls and convolutions compute in. AUTO follows the file:
  * F32 weights -> F32, BF16/F16 -> BF16, int8 (hadm quantize --type q8) ->
  * INT8. BF16: bf16 inputs, f32 accumulation. INT8: the ViT's Linear layers
- * take int8 weights (per-output-channel scales) and int8 activations
- * quantised per call; attention and convolutions run in bf16. Norms,
+ * take int8 weights (per-output-channel scales) and u8 activations
+ * quantised per call and per row (scale + zero point); attention and
+ * convolutions stay f32 (BF16 runs them in bf16). Norms,
  * softmax, box decoding and NMS are f32 in every mode. */
 typedef enum {
     HADM_PRECISION_AUTO = 0,

@@ -388,16 +388,17 @@ else
 fi
 
 # ---- hadm bench (tiny: seconds) ----------------------------------------------------
-# f32 only: the int8 matmul still runs oneDNN's reference kernel (issue 5), minutes even at tiny size.
-if run_ok "bench --size tiny --json" "$T/bench.json" -- bench --size tiny --reps 1 --precision f32 --json; then
-    check "bench --json: ceilings, stages, GFLOP, ratio, RSS" py expr "$T/bench.json" json \
-        "d['peak_gflops']['f32'] > 0 and d['peak_gflops']['int8'] == 0 and d['bandwidth_gbs'] > 0 and
-         set(d['precisions']) == {'f32'} and
-         set(d['precisions']['f32']['stage_s']) == {'preprocess', 'backbone', 'fpn', 'rpn', 'roi_heads', 'postprocess'} and
-         d['precisions']['f32']['gflop'] > 0 and d['precisions']['f32']['forward_s'] > 0 and
-         abs(d['precisions']['f32']['achieved_gflops'] - d['precisions']['f32']['gflop'] / d['precisions']['f32']['forward_s']) < 1e-3 * d['precisions']['f32']['achieved_gflops'] and
-         abs(d['precisions']['f32']['ratio_to_peak'] - d['precisions']['f32']['achieved_gflops'] / d['peak_gflops']['f32']) < 1e-3 and
-         d['precisions']['f32']['peak_rss_bytes'] > 1e6"
+if run_ok "bench --size tiny --json" "$T/bench.json" -- bench --size tiny --reps 1 --json; then
+    check "bench --json: ceilings, stages, GFLOP, ratio, RSS for every precision" py expr "$T/bench.json" json \
+        "all(d['peak_gflops'][p] > 0 for p in ('f32', 'bf16', 'int8')) and d['bandwidth_gbs'] > 0 and
+         set(d['instruction_peak_gflops']) == {'f32', 'bf16', 'int8'} and
+         set(d['precisions']) == {'f32', 'bf16', 'int8'} and
+         all(set(q['stage_s']) == {'preprocess', 'backbone', 'fpn', 'rpn', 'roi_heads', 'postprocess'} and
+             q['gflop'] > 0 and q['forward_s'] > 0 and q['peak_rss_bytes'] > 1e6 and
+             abs(q['achieved_gflops'] - q['gflop'] / q['forward_s']) < 1e-3 * q['achieved_gflops'] and
+             abs(q['ratio_to_peak'] - q['achieved_gflops'] / d['peak_gflops'][p]) < 1e-3 and
+             abs(q['speedup_vs_f32'] - d['precisions']['f32']['forward_s'] / q['forward_s']) < 1e-3 * q['speedup_vs_f32']
+             for p, q in d['precisions'].items())"
 fi
 expect_error "bench --precision fp8" 2 "--precision" -- bench --precision fp8
 expect_error "bench bad --size" 2 "--size" -- bench --size huge

@@ -329,7 +329,7 @@ static void both_child(const void *arg, prec_report *r)
 /* ---- report ------------------------------------------------------------- */
 
 /* The ceiling a precision's achieved rate is divided by: its own matmul
- * type's (int8 runs its ViT Linears in s8, the rest in bf16; the s8 rate is
+ * type's (int8 runs its ViT Linears in s8, the rest in f32; the s8 rate is
  * the stricter yardstick). */
 static double ceiling_of(const bench_ceilings *c, int p)
 {
@@ -345,6 +345,10 @@ static void print_text(const bench_args *a, const bench_ceilings *c, const prec_
            "           and ViT MLP shapes, median of 5, best of before/after); bandwidth %.1f GB/s triad, "
            "%.1f GB/s copy\n",
            c->f32, c->bf16, c->s8, a->full ? PEAK_DIM : PEAK_DIM_TINY, c->bw_triad_gbs, c->bw_copy_gbs);
+    if (c->isa_f32 > 0)
+        printf("           instruction peaks (all threads): f32 FMA %.0f GFLOP/s, bf16 dot %.0f GFLOP/s (%.2fx), "
+               "u8*s8 dot %.0f GOP/s (%.2fx)\n",
+               c->isa_f32, c->isa_bf16, c->isa_bf16 / c->isa_f32, c->isa_s8, c->isa_s8 / c->isa_f32);
     for (int p = 0; p < NPREC; p++) {
         if (!a->want[p])
             continue;
@@ -379,8 +383,10 @@ static void print_json(const bench_args *a, const bench_ceilings *c, const prec_
            a->full ? "full" : "tiny", a->model_path ? "false" : "true", IMAGE_SIDE, IMAGE_SIDE, c->threads,
            a->reps);
     printf(" \"peak_gflops\": {\"f32\": %.6g, \"bf16\": %.6g, \"int8\": %.6g}, \"peak_dim\": %d, "
-           "\"bandwidth_gbs\": %.6g, \"bandwidth_copy_gbs\": %.6g,\n \"precisions\": {",
-           c->f32, c->bf16, c->s8, a->full ? PEAK_DIM : PEAK_DIM_TINY, c->bw_triad_gbs, c->bw_copy_gbs);
+           "\"bandwidth_gbs\": %.6g, \"bandwidth_copy_gbs\": %.6g,\n"
+           " \"instruction_peak_gflops\": {\"f32\": %.6g, \"bf16\": %.6g, \"int8\": %.6g},\n \"precisions\": {",
+           c->f32, c->bf16, c->s8, a->full ? PEAK_DIM : PEAK_DIM_TINY, c->bw_triad_gbs, c->bw_copy_gbs,
+           c->isa_f32, c->isa_bf16, c->isa_s8);
     const char *sep = "";
     for (int p = 0; p < NPREC; p++) {
         const prec_report *q = &r[p];
@@ -411,10 +417,13 @@ static void ceiling_child(const void *arg, prec_report *r)
     hadm_error err = {0};
     int dim = j->a->full ? PEAK_DIM : PEAK_DIM_TINY;
     if (bench_measure_matmul(j->a->threads, dim, j->a->want, &r->ceil, &err) ||
-        (j->bandwidth && bench_measure_bandwidth(r->ceil.threads, &r->ceil, &err)))
+        (j->bandwidth && bench_measure_bandwidth(r->ceil.threads, &r->ceil, &err))) {
         snprintf(r->error, sizeof r->error, "%.500s", err.msg);
-    else
-        r->ok = 1;
+        return;
+    }
+    if (j->bandwidth)
+        bench_measure_isa(r->ceil.threads, &r->ceil);
+    r->ok = 1;
 }
 
 /* Measured in a child process like everything that computes: libgomp's
@@ -437,7 +446,7 @@ static int measure_ceilings(const bench_args *a, bench_ceilings *c, int first)
     c->f32 = r.ceil.f32 > c->f32 ? r.ceil.f32 : c->f32;
     c->bf16 = r.ceil.bf16 > c->bf16 ? r.ceil.bf16 : c->bf16;
     c->s8 = r.ceil.s8 > c->s8 ? r.ceil.s8 : c->s8;
-    return 0;
+    return 0;   /* bandwidth and instruction peaks: first measurement only */
 }
 
 /* Synthetic HADM-L (and HADM-G for --rss-both) in temp files. */

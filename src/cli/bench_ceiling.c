@@ -1,6 +1,8 @@
 /* The ceilings hadm bench divides by, measured in the same run: oneDNN
- * matmul rates for f32, bf16 and s8 at the model's shapes, and memory
- * bandwidth (STREAM-style copy and triad). */
+ * matmul rates for f32, bf16 and s8 at the model's shapes, memory
+ * bandwidth (STREAM-style copy and triad), and the raw rate of each type's
+ * multiply-add instruction, which says what a matmul could reach at best
+ * (on some CPUs the bf16 dot product runs at half the f32 FMA rate). */
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -29,23 +31,34 @@ double bench_median(double *v, int n)
 }
 
 /* Median rate of C[M,N] = A[M,K]·Wᵀ with W packed in type t; A is handed over
- * already in type t (a_converted), as the peak of the kernel itself. */
+ * already as that type's operand (a_converted: bf16, or u8 with row scales
+ * and zero points for s8), as the peak of the kernel itself. */
 static hadm_status gemm_rate(ops_ctx *c, ops_dtype t, int M, int N, int K, const float *a, void *a_lowp,
                              const float *w, float *out, double *gflops, hadm_error *err)
 {
     ops_packed *pk = NULL;
     ops_wpart part = {w, OPS_SRC_F32, NULL, N};
     hadm_status s = ops_pack_parts(c, M, K, &part, 1, t, &pk, err);
-    if (s)
+    float *row_scale = calloc((size_t)M, sizeof *row_scale);
+    int32_t *row_zero = calloc((size_t)M, sizeof *row_zero);
+    if (!s && (!row_scale || !row_zero))
+        s = hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+    if (s) {
+        ops_packed_free(pk);
+        free(row_scale), free(row_zero);
         return s;
+    }
+    for (int m = 0; m < M; m++)
+        row_scale[m] = 1.0f / 255, row_zero[m] = 128;
     if (t == OPS_BF16)
         for (size_t i = 0; i < (size_t)M * K; i++)
             ((uint16_t *)a_lowp)[i] = ops_f32_to_bf16(a[i]);
     else if (t == OPS_S8)
         for (size_t i = 0; i < (size_t)M * K; i++)
-            ((int8_t *)a_lowp)[i] = (int8_t)(a[i] * 254.0f);
+            ((uint8_t *)a_lowp)[i] = (uint8_t)(128 + (int)(a[i] * 254.0f));
     ops_gemm g = {.M = M, .N = N, .K = K, .A = t == OPS_F32 ? a : a_lowp, .lda = K, .trans_b = 1,
-                  .C = out, .ldc = N, .packed = pk, .a_converted = t != OPS_F32, .a_scale = 1.0f / 254};
+                  .C = out, .ldc = N, .packed = pk, .a_converted = t != OPS_F32, .a_scale = row_scale,
+                  .a_zero = row_zero};
     double times[PEAK_REPS];
     s = ops_matmul(c, &g, err);   /* warm-up: primitive creation */
     for (int r = 0; !s && r < PEAK_REPS; r++) {
@@ -54,6 +67,7 @@ static hadm_status gemm_rate(ops_ctx *c, ops_dtype t, int M, int N, int K, const
         times[r] = hadm_now() - t0;
     }
     ops_packed_free(pk);
+    free(row_scale), free(row_zero);
     if (!s)
         *gflops = 2.0 * M * N * (double)K * 1e-9 / bench_median(times, PEAK_REPS);
     return s;
@@ -174,4 +188,82 @@ hadm_status bench_measure_bandwidth(int threads, bench_ceilings *ceil, hadm_erro
     ceil->bw_triad_gbs = 3 * bytes * 1e-9 / bench_median(tt, BW_REPS);
     free(a), free(b), free(c);
     return HADM_OK;
+}
+
+/* ---- instruction peaks ---------------------------------------------------
+ * Ten independent accumulators per loop (more than latency x ports on any
+ * AVX-512 core), so the loop runs at the unit's throughput. Operands are
+ * 1.0: denormal inputs would take a microcode assist on every FMA. */
+#define ISA_ITERS 20000000L
+#define ISA_LOOP(insn)                                                                  \
+    __asm__ volatile("vbroadcastss %1, %%zmm14\n vbroadcastss %1, %%zmm15\n"                   \
+                     "vpxord %%zmm0, %%zmm0, %%zmm0\n vmovaps %%zmm0, %%zmm1\n"                     \
+                     "vmovaps %%zmm0, %%zmm2\n vmovaps %%zmm0, %%zmm3\n vmovaps %%zmm0, %%zmm4\n"    \
+                     "vmovaps %%zmm0, %%zmm5\n vmovaps %%zmm0, %%zmm6\n vmovaps %%zmm0, %%zmm7\n"    \
+                     "vmovaps %%zmm0, %%zmm8\n vmovaps %%zmm0, %%zmm9\n"                            \
+                     "1:\n" insn " %%zmm14, %%zmm15, %%zmm0\n" insn " %%zmm14, %%zmm15, %%zmm1\n"  \
+                     insn " %%zmm14, %%zmm15, %%zmm2\n" insn " %%zmm14, %%zmm15, %%zmm3\n"          \
+                     insn " %%zmm14, %%zmm15, %%zmm4\n" insn " %%zmm14, %%zmm15, %%zmm5\n"          \
+                     insn " %%zmm14, %%zmm15, %%zmm6\n" insn " %%zmm14, %%zmm15, %%zmm7\n"          \
+                     insn " %%zmm14, %%zmm15, %%zmm8\n" insn " %%zmm14, %%zmm15, %%zmm9\n"          \
+                     "dec %0\n jnz 1b\n"                                                        \
+                     : "+r"(n) : "m"(one) : "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", \
+                       "zmm9", "zmm14", "zmm15", "cc")
+
+typedef struct {
+    int kind;       /* 0 f32 FMA, 1 bf16 dot, 2 u8 x s8 dot */
+    double rate;    /* operations per second on this thread */
+} isa_job;
+
+static void *isa_worker(void *arg)
+{
+    isa_job *j = arg;
+    static const double ops_per_insn[3] = {32, 64, 128};   /* per 512-bit instruction */
+    double best = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        long n = ISA_ITERS;
+        const float one = 1.0f;
+        double t0 = hadm_now();
+        if (j->kind == 0)
+            ISA_LOOP("vfmadd231ps");
+        else if (j->kind == 1)
+            ISA_LOOP("vdpbf16ps");
+        else
+            ISA_LOOP("vpdpbusd");
+        double rate = ISA_ITERS * 10.0 * ops_per_insn[j->kind] / (hadm_now() - t0);
+        best = rate > best ? rate : best;
+    }
+    j->rate = best;
+    return NULL;
+}
+
+void bench_measure_isa(int threads, bench_ceilings *ceil)
+{
+    __builtin_cpu_init();
+    int have[3] = {__builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bf16"),
+                   __builtin_cpu_supports("avx512vnni")};
+    double *out[3] = {&ceil->isa_f32, &ceil->isa_bf16, &ceil->isa_s8};
+    int nt = threads < 1 ? 1 : threads > 64 ? 64 : threads;
+    for (int k = 0; k < 3; k++) {
+        *out[k] = 0;
+        if (!have[k])
+            continue;
+        pthread_t tid[64];
+        isa_job jobs[64];
+        int created[64] = {0};
+        for (int t = 0; t < nt; t++) {
+            jobs[t] = (isa_job){k, 0};
+            if (t > 0)
+                created[t] = pthread_create(&tid[t], NULL, isa_worker, &jobs[t]) == 0;
+        }
+        isa_worker(&jobs[0]);
+        for (int t = 1; t < nt; t++) {
+            if (created[t])
+                pthread_join(tid[t], NULL);
+            else
+                isa_worker(&jobs[t]);
+        }
+        for (int t = 0; t < nt; t++)
+            *out[k] += jobs[t].rate * 1e-9;
+    }
 }

@@ -26,7 +26,7 @@ double ops_ctx_flops(const ops_ctx *c);
 void ops_ctx_reset_flops(ops_ctx *c);
 
 /* ---- dense ---------------------------------------------------------------
- * C[M,N] = alpha * A[M,K] · op(B) (+ bias[N]) (+ C if accumulate)
+ * C[M,N] = A[M,K] · op(B) (+ bias[N]) (+ C if accumulate)
  * op(B) = Bᵀ where B is stored [N,K] (trans_b = 1, PyTorch Linear weight)
  *       = B  where B is stored [K,N] (trans_b = 0). ldb is B's row stride. */
 /* A Linear weight [N][K] reordered once into the layout the matmul kernel
@@ -36,11 +36,11 @@ typedef struct ops_packed ops_packed;
 hadm_status ops_pack_weights(ops_ctx *c, int M, int N, int K, const float *w, ops_packed **out,
                              hadm_error *err);
 
-/* Reduced precision (ops/cpu/lowp.c). A packed weight's element type decides
- * how a matmul with it runs: BF16 converts A to bf16 on the fly; S8 quantises
- * A per call with one dynamic scale (absmax / 127) and uses the weight's
- * per-output-channel scales. Both accumulate in f32 (s32 for S8) and write
- * f32 C, with bias and accumulate applied in f32. */
+/* Reduced precision (ops/cpu/dnnl_lowp.c). A packed weight's element type
+ * decides how a matmul with it runs: BF16 converts A to bf16 on the fly; S8
+ * quantises A per call to u8 with a scale and zero point per row, and uses
+ * the weight's per-output-channel scales. Both accumulate in f32 (s32 for
+ * S8) and write f32 C, with bias and accumulate applied in f32. */
 typedef enum { OPS_F32 = 0, OPS_BF16 = 1, OPS_S8 = 2 } ops_dtype;
 typedef enum { OPS_SRC_F32, OPS_SRC_BF16, OPS_SRC_F16, OPS_SRC_S8 } ops_src_type;
 /* `rows` rows of K values in a file's element type; S8 rows carry a scale
@@ -80,14 +80,15 @@ typedef struct {
     const float *B; int64_t ldb; int trans_b;
     const float *bias;          /* may be NULL */
     float *C; int64_t ldc;
-    float alpha;                /* 0 is taken as 1 */
     int accumulate;             /* C += result */
     const ops_packed *packed;   /* optional: used instead of B when M, N, K match */
     int ab_bf16;                /* A and B hold bf16 (uint16) elements, not f32 */
-    /* With bf16/s8 packed weights: A already holds that type (dense, lda = K;
-     * s8 values scaled by a_scale), so no conversion pass is made. */
+    /* With bf16/s8 packed weights: A already holds the operand type (dense,
+     * lda = K), so no conversion pass is made. For S8 that is u8 with
+     * value = a_scale[m] * (q - a_zero[m]) in row m. */
     int a_converted;
-    float a_scale;
+    const float *a_scale;
+    const int32_t *a_zero;
 } ops_gemm;
 hadm_status ops_matmul(ops_ctx *c, const ops_gemm *g, hadm_error *err);
 

@@ -13,9 +13,15 @@ void *ops_lowp_buffer(ops_ctx *c, size_t bytes);
 /* Row conversions (lowp.c), threaded over rows: x is rows x n with stride ldx,
  * the output dense rows x n. */
 void ops_rows_to_bf16(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, uint16_t *y);
-float ops_rows_absmax(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx);
-void ops_rows_to_s8(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, float inv_scale,
-                    int8_t *y);
+/* u8 with a scale and zero point per row (x = scale[r] (y - zero[r])), on
+ * levels + 1 steps (255 or 127) spanning the row's range and 0. */
+void ops_rows_to_u8(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, int levels, uint8_t *y,
+                    float *scale, int32_t *zero);
+/* C[m][n] (+)= row_scale[m] col_scale[n] (acc[m][n] - row_zero[m] colsum[n]) + bias[n];
+ * acc may be C itself (same stride) when not accumulating. */
+void ops_int8_epilogue(ops_ctx *c, int M, int N, const int32_t *acc, int64_t ldacc, const float *row_scale,
+                       const int32_t *row_zero, const float *col_scale, const int32_t *colsum,
+                       const float *bias, float *C, int64_t ldc, int accumulate);
 /* Softmax of each row (as ops_softmax_rows) written as bf16 to y (stride ldy). */
 void ops_softmax_rows_bf16(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, uint16_t *y,
                            int64_t ldy);

@@ -3,56 +3,13 @@
  * shapes them, because creating a primitive descriptor costs far more than a
  * small matmul. Scratchpads are user-managed so that contexts used by
  * different threads never share oneDNN's internal scratch memory. */
-#include <oneapi/dnnl/dnnl.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
-#include "ops/cpu/cpu.h"
-#include "util/err.h"
-
-#define CACHE_SLOTS 96
-#define OPS_MAX_N 16384
-#define KEY_WORDS 24
-
-typedef struct {
-    int64_t key[KEY_WORDS];
-    int used;
-    uint64_t last_use;
-    dnnl_primitive_t prim;
-    dnnl_primitive_desc_t pd;
-    size_t scratch_bytes;
-    void *packed_w;   /* conv weights reordered to the primitive's layout (owned) */
-} cache_entry;
-
-struct ops_ctx {
-    int threads;
-    double flops;
-    dnnl_engine_t eng;
-    dnnl_stream_t stream;
-    cache_entry cache[CACHE_SLOTS];
-    uint64_t clock;
-    void *scratch;
-    size_t scratch_cap;
-    float *slot[OPS_SCRATCH_SLOTS];
-    size_t slot_cap[OPS_SCRATCH_SLOTS];
-    ops_dtype compute;        /* attention and convolutions: F32 or BF16 */
-    void *lowp;               /* A converted for a reduced-precision matmul */
-    size_t lowp_cap;
-    float scales[OPS_MAX_N];  /* per-call output scales of S8 matmuls */
-};
-
-#define DNNL_TRY(call, what)                                                        \
-    do {                                                                            \
-        dnnl_status_t st_ = (call);                                                 \
-        if (st_ != dnnl_success) {                                                  \
-            s = hadm_fail(err, st_ == dnnl_out_of_memory ? HADM_ERR_NOMEM : HADM_ERR_INTERNAL, \
-                          "oneDNN %s failed (status %d)", what, (int)st_);          \
-            goto fail;                                                              \
-        }                                                                           \
-    } while (0)
+#include "ops/cpu/dnnl_internal.h"
 
 hadm_status ops_ctx_new(int threads, ops_ctx **out, hadm_error *err)
 {
@@ -71,7 +28,7 @@ fail:
     return s;
 }
 
-static void entry_clear(cache_entry *e)
+void cpu_entry_clear(cache_entry *e)
 {
     if (e->prim)
         dnnl_primitive_destroy(e->prim);
@@ -86,7 +43,7 @@ void ops_ctx_free(ops_ctx *c)
     if (!c)
         return;
     for (int i = 0; i < CACHE_SLOTS; i++)
-        entry_clear(&c->cache[i]);
+        cpu_entry_clear(&c->cache[i]);
     ops_scratch_release(c);
     free(c->scratch);
     if (c->stream)
@@ -155,7 +112,7 @@ void ops_scratch_release(ops_ctx *c)
     c->lowp_cap = 0;
 }
 
-static cache_entry *cache_find(ops_ctx *c, const int64_t *key)
+cache_entry *cpu_cache_find(ops_ctx *c, const int64_t *key)
 {
     for (int i = 0; i < CACHE_SLOTS; i++)
         if (c->cache[i].used && !memcmp(c->cache[i].key, key, sizeof c->cache[i].key)) {
@@ -165,7 +122,7 @@ static cache_entry *cache_find(ops_ctx *c, const int64_t *key)
     return NULL;
 }
 
-static cache_entry *cache_victim(ops_ctx *c, const int64_t *key)
+cache_entry *cpu_cache_victim(ops_ctx *c, const int64_t *key)
 {
     cache_entry *v = &c->cache[0];
     for (int i = 0; i < CACHE_SLOTS; i++) {
@@ -176,26 +133,16 @@ static cache_entry *cache_victim(ops_ctx *c, const int64_t *key)
         if (c->cache[i].last_use < v->last_use)
             v = &c->cache[i];
     }
-    entry_clear(v);
+    cpu_entry_clear(v);
     memcpy(v->key, key, sizeof v->key);
     v->used = 1;
     v->last_use = ++c->clock;
     return v;
 }
 
-/* What a primitive applies after the product: a fixed alpha, or a runtime
- * output scale per column (S8 matmuls); then a bias row added as a binary
- * post-op (S8: applied after scaling, in f32); then C += (accumulate). */
-typedef struct {
-    float alpha;
-    int accumulate;
-    const dnnl_memory_desc_t *runtime_scales;   /* [N] f32, or NULL */
-    const dnnl_memory_desc_t *bias_row;         /* [1, N] f32, or NULL */
-} entry_attr;
-
 /* Makes the primitive from a descriptor, with user scratchpad and the
  * attributes above. */
-static hadm_status entry_build(ops_ctx *c, cache_entry *e, const void *op_desc, const entry_attr *ea,
+hadm_status cpu_entry_build(ops_ctx *c, cache_entry *e, const void *op_desc, const entry_attr *ea,
                                hadm_error *err)
 {
     hadm_status s = HADM_OK;
@@ -203,16 +150,8 @@ static hadm_status entry_build(ops_ctx *c, cache_entry *e, const void *op_desc, 
     dnnl_post_ops_t po = NULL;
     DNNL_TRY(dnnl_primitive_attr_create(&attr), "attr");
     DNNL_TRY(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad");
-    if (ea->runtime_scales) {
-        float rt = DNNL_RUNTIME_F32_VAL;
-        DNNL_TRY(dnnl_primitive_attr_set_output_scales(attr, 1, 1 << 1, &rt), "scales");
-    } else if (ea->alpha != 1.0f) {
-        DNNL_TRY(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &ea->alpha), "scales");
-    }
-    if (ea->accumulate || ea->bias_row) {
+    if (ea->accumulate) {
         DNNL_TRY(dnnl_post_ops_create(&po), "post-ops");
-        if (ea->bias_row)
-            DNNL_TRY(dnnl_post_ops_append_binary(po, dnnl_binary_add, ea->bias_row), "bias");
         if (ea->accumulate)
             DNNL_TRY(dnnl_post_ops_append_sum(po, 1.0f), "sum");
         DNNL_TRY(dnnl_primitive_attr_set_post_ops(attr, po), "post-ops");
@@ -226,7 +165,7 @@ fail:
     if (attr)
         dnnl_primitive_attr_destroy(attr);
     if (s)
-        entry_clear(e);
+        cpu_entry_clear(e);
     return s;
 }
 
@@ -240,16 +179,8 @@ static hadm_status ensure_scratch(ops_ctx *c, size_t bytes, hadm_error *err)
     return c->scratch ? HADM_OK : hadm_fail(err, HADM_ERR_NOMEM, "out of memory (scratchpad)");
 }
 
-/* Executes e with the given (arg, md-query, pointer) triples. */
-typedef struct {
-    int arg;
-    dnnl_query_t query;
-    int index;
-    void *ptr;
-    const dnnl_memory_desc_t *md;   /* instead of the query (attribute arguments) */
-} exec_arg;
-
-static hadm_status execute(ops_ctx *c, cache_entry *e, const exec_arg *a, int n, hadm_error *err)
+/* Executes e with the given arguments and the context's scratchpad. */
+hadm_status cpu_execute(ops_ctx *c, cache_entry *e, const exec_arg *a, int n, hadm_error *err)
 {
     hadm_status s = HADM_OK;
     dnnl_memory_t mem[8] = {0};
@@ -281,113 +212,7 @@ fail:
     return s;
 }
 
-static hadm_status reorder_into(ops_ctx *c, const dnnl_memory_desc_t *from_md, const void *src,
-                                const dnnl_memory_desc_t *to_md, void *dst, hadm_error *err);
 
-struct ops_packed {
-    int M, N, K;
-    ops_dtype dt;
-    dnnl_memory_desc_t md;
-    void *data;
-    size_t bytes;
-    float *wscale;   /* S8: per output column */
-};
-
-static dnnl_data_type_t dnnl_type(ops_dtype t)
-{
-    return t == OPS_BF16 ? dnnl_bf16 : t == OPS_S8 ? dnnl_s8 : dnnl_f32;
-}
-
-static size_t dtype_size(ops_dtype t) { return t == OPS_BF16 ? 2 : t == OPS_S8 ? 1 : 4; }
-
-/* The weights layout a matmul of A[M,K] (of type dt) by a [K,N] weight picks. */
-static hadm_status packed_layout(ops_ctx *c, int M, int N, int K, ops_dtype dt, dnnl_memory_desc_t *out,
-                                 hadm_error *err)
-{
-    hadm_status s = HADM_OK;
-    dnnl_primitive_desc_t pd = NULL;
-    dnnl_memory_desc_t a_md, b_any, c_md;
-    dnnl_dims_t ad = {M, K}, bd = {K, N}, cd = {M, N};
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&a_md, 2, ad, dnnl_type(dt), dnnl_ab), "md");
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&b_any, 2, bd, dnnl_type(dt), dnnl_format_tag_any), "md");
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&c_md, 2, cd, dnnl_f32, dnnl_ab), "md");
-    dnnl_matmul_desc_t md;
-    DNNL_TRY(dnnl_matmul_desc_init(&md, &a_md, &b_any, NULL, &c_md), "matmul desc");
-    DNNL_TRY(dnnl_primitive_desc_create(&pd, &md, NULL, c->eng, NULL), "primitive descriptor");
-    *out = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-fail:
-    if (pd)
-        dnnl_primitive_desc_destroy(pd);
-    return s;
-}
-
-hadm_status ops_pack_parts(ops_ctx *c, int M, int K, const ops_wpart *parts, int nparts, ops_dtype to,
-                           ops_packed **out, hadm_error *err)
-{
-    *out = NULL;
-    int N = 0;
-    for (int i = 0; i < nparts; i++)
-        N += parts[i].rows;
-    if (N <= 0 || K <= 0 || N > OPS_MAX_N)
-        return hadm_fail(err, HADM_ERR_ARG, "pack: bad shape %dx%d", N, K);
-    hadm_status s = HADM_OK;
-    ops_packed *p = calloc(1, sizeof *p);
-    size_t esz = dtype_size(to);
-    void *plain = malloc((size_t)N * K * esz);
-    float *row = malloc((size_t)K * sizeof *row);
-    if (!p || !plain || !row || (to == OPS_S8 && !(p->wscale = malloc((size_t)N * sizeof(float))))) {
-        s = hadm_fail(err, HADM_ERR_NOMEM, "out of memory (packing weights)");
-        goto fail;
-    }
-    for (int i = 0, r0 = 0; i < nparts; r0 += parts[i].rows, i++)
-        ops_part_convert(&parts[i], K, to, (char *)plain + (size_t)r0 * K * esz,
-                         p->wscale ? p->wscale + r0 : NULL, row);
-    p->M = M, p->N = N, p->K = K, p->dt = to;
-    if ((s = packed_layout(c, M, N, K, to, &p->md, err)))
-        goto fail;
-    p->bytes = dnnl_memory_desc_get_size(&p->md);
-    if (!(p->data = aligned_alloc(64, (p->bytes + 63) & ~(size_t)63))) {
-        s = hadm_fail(err, HADM_ERR_NOMEM, "out of memory (packed weights)");
-        goto fail;
-    }
-    dnnl_memory_desc_t user;
-    dnnl_dims_t bd = {K, N};
-    if (dnnl_memory_desc_init_by_tag(&user, 2, bd, dnnl_type(to), dnnl_ba) != dnnl_success) {
-        s = hadm_fail(err, HADM_ERR_INTERNAL, "oneDNN md failed");
-        goto fail;
-    }
-    if ((s = reorder_into(c, &user, plain, &p->md, p->data, err)))
-        goto fail;
-    *out = p;
-    p = NULL;
-fail:
-    free(plain);
-    free(row);
-    ops_packed_free(p);
-    return s;
-}
-
-hadm_status ops_pack_weights(ops_ctx *c, int M, int N, int K, const float *w, ops_packed **out,
-                             hadm_error *err)
-{
-    ops_wpart part = {w, OPS_SRC_F32, NULL, N};
-    return ops_pack_parts(c, M, K, &part, 1, OPS_F32, out, err);
-}
-
-ops_dtype ops_packed_dtype(const ops_packed *p) { return p->dt; }
-
-void ops_packed_free(ops_packed *p)
-{
-    if (!p)
-        return;
-    free(p->data);
-    free(p->wscale);
-    free(p);
-}
-
-size_t ops_packed_bytes(const ops_packed *p) { return p ? p->bytes : 0; }
-
-static hadm_status gemm_lowp(ops_ctx *c, const ops_gemm *g, const ops_packed *pk, hadm_error *err);
 
 static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa, int64_t sb,
                             int64_t sc, hadm_error *err)
@@ -395,7 +220,6 @@ static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa
     if (g->M <= 0 || g->N <= 0 || g->K <= 0 || batch <= 0)
         return g->M == 0 || batch == 0 ? HADM_OK
                                        : hadm_fail(err, HADM_ERR_ARG, "matmul: bad shape");
-    float alpha = g->alpha == 0 ? 1.0f : g->alpha;
     const ops_packed *pk = g->packed;
     /* The packed layout is chosen for pk->M rows but serves any M (window
      * blocks with a padded grid, batches); reduced-precision weights exist
@@ -407,17 +231,16 @@ static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa
         pk = NULL;
     }
     if (pk && pk->dt != OPS_F32)
-        return gemm_lowp(c, g, pk, err);
+        return cpu_gemm_lowp(c, g, pk, err);
     dnnl_data_type_t ab = g->ab_bf16 ? dnnl_bf16 : dnnl_f32;
     int64_t key[KEY_WORDS] = {1, batch, g->M, g->N, g->K, g->lda, g->ldb, g->trans_b, g->ldc, sa, sb,
                               sc, g->bias != NULL, g->accumulate};
-    memcpy(&key[14], &alpha, sizeof alpha);
     key[15] = (int64_t)(intptr_t)pk;
     key[16] = g->ab_bf16;
-    cache_entry *e = cache_find(c, key);
+    cache_entry *e = cpu_cache_find(c, key);
     hadm_status s = HADM_OK;
     if (!e) {
-        e = cache_victim(c, key);
+        e = cpu_cache_victim(c, key);
         dnnl_memory_desc_t a_md, b_md, c_md, bias_md;
         dnnl_dims_t ad = {batch, g->M, g->K}, bd = {batch, g->K, g->N}, cd = {batch, g->M, g->N};
         dnnl_dims_t as = {sa, g->lda, 1}, cs = {sc, g->ldc, 1};
@@ -436,86 +259,20 @@ static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa
                                                   nd == 2 ? dnnl_ab : dnnl_abc), "md");
         dnnl_matmul_desc_t md;
         DNNL_TRY(dnnl_matmul_desc_init(&md, &a_md, &b_md, g->bias ? &bias_md : NULL, &c_md), "matmul desc");
-        entry_attr ea = {.alpha = alpha, .accumulate = g->accumulate};
-        if ((s = entry_build(c, e, &md, &ea, err)))
+        entry_attr ea = {.accumulate = g->accumulate};
+        if ((s = cpu_entry_build(c, e, &md, &ea, err)))
             return s;
     }
     exec_arg a[4] = {{DNNL_ARG_SRC, dnnl_query_src_md, 0, (void *)g->A, NULL},
                      {DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, pk ? pk->data : (void *)g->B, NULL},
                      {DNNL_ARG_DST, dnnl_query_dst_md, 0, g->C, NULL},
                      {DNNL_ARG_BIAS, dnnl_query_weights_md, 1, (void *)g->bias, NULL}};
-    if ((s = execute(c, e, a, g->bias ? 4 : 3, err)))
+    if ((s = cpu_execute(c, e, a, g->bias ? 4 : 3, err)))
         return s;
     c->flops += 2.0 * batch * g->M * (double)g->N * g->K;
     return HADM_OK;
 fail:
-    entry_clear(e);
-    return s;
-}
-
-/* A Linear with bf16 or s8 packed weights: A is converted into the
- * context's low-precision buffer first (one pass over A, small next to the
- * product). S8 scales A by one dynamic per-tensor factor, so the output
- * scale of column n is a_scale * w_scale[n], passed at run time; the f32 bias
- * is then added as a post-op, after the scaling. */
-static hadm_status gemm_lowp(ops_ctx *c, const ops_gemm *g, const ops_packed *pk, hadm_error *err)
-{
-    float alpha = g->alpha == 0 ? 1.0f : g->alpha;
-    int s8 = pk->dt == OPS_S8;
-    void *a = g->a_converted ? (void *)g->A : ops_lowp_buffer(c, (size_t)g->M * g->K * dtype_size(pk->dt));
-    if (!a)
-        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (matmul operand)");
-    if (s8) {
-        float sa = g->a_scale > 0 ? g->a_scale : 1.0f;
-        if (!g->a_converted) {
-            float mx = ops_rows_absmax(c, g->M, g->K, g->A, g->lda);
-            sa = mx > 0 && isfinite(mx) ? mx / 127.0f : 1.0f;
-            ops_rows_to_s8(c, g->M, g->K, g->A, g->lda, 1.0f / sa, a);
-        }
-        for (int n = 0; n < g->N; n++)
-            c->scales[n] = sa * pk->wscale[n] * alpha;
-    } else if (!g->a_converted) {
-        ops_rows_to_bf16(c, g->M, g->K, g->A, g->lda, a);
-    }
-    int64_t key[KEY_WORDS] = {3, g->M, g->N, g->K, g->ldc, g->bias != NULL, g->accumulate, pk->dt,
-                              (int64_t)(intptr_t)pk};
-    memcpy(&key[9], &alpha, sizeof alpha);
-    dnnl_memory_desc_t a_md, c_md, bias_md, scales_md;
-    dnnl_dims_t ad = {g->M, g->K}, cd = {g->M, g->N}, cs = {g->ldc, 1}, rowd = {1, g->N}, nd = {g->N};
-    hadm_status s = HADM_OK;
-    cache_entry *e = NULL;
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&a_md, 2, ad, dnnl_type(pk->dt), dnnl_ab), "md");
-    DNNL_TRY(dnnl_memory_desc_init_by_strides(&c_md, 2, cd, dnnl_f32, cs), "md");
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&bias_md, 2, rowd, dnnl_f32, dnnl_ab), "md");
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&scales_md, 1, nd, dnnl_f32, dnnl_a), "md");
-    if (!(e = cache_find(c, key))) {
-        e = cache_victim(c, key);
-        dnnl_matmul_desc_t md;
-        DNNL_TRY(dnnl_matmul_desc_init(&md, &a_md, &pk->md, g->bias && !s8 ? &bias_md : NULL, &c_md),
-                 "matmul desc");
-        entry_attr ea = {.alpha = s8 ? 1.0f : alpha, .accumulate = g->accumulate,
-                         .runtime_scales = s8 ? &scales_md : NULL,
-                         .bias_row = s8 && g->bias ? &bias_md : NULL};
-        if ((s = entry_build(c, e, &md, &ea, err)))
-            return s;
-    }
-    exec_arg args[5] = {{DNNL_ARG_SRC, dnnl_query_src_md, 0, a, NULL},
-                        {DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, pk->data, NULL},
-                        {DNNL_ARG_DST, dnnl_query_dst_md, 0, g->C, NULL}};
-    int n = 3;
-    if (s8)
-        args[n++] = (exec_arg){DNNL_ARG_ATTR_OUTPUT_SCALES, 0, 0, c->scales, &scales_md};
-    if (g->bias)
-        args[n++] = s8 ? (exec_arg){DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, 0, 0,
-                                    (void *)g->bias, &bias_md}
-                       : (exec_arg){DNNL_ARG_BIAS, dnnl_query_weights_md, 1, (void *)g->bias, NULL};
-    if ((s = execute(c, e, args, n, err)))
-        return s;
-    c->flops += 2.0 * g->M * (double)g->N * g->K;
-    return HADM_OK;
-fail:
-    if (e)
-        entry_clear(e);
+    cpu_entry_clear(e);
     return s;
 }
 
@@ -532,11 +289,7 @@ hadm_status ops_matmul_batched(ops_ctx *c, const ops_gemm *g, int batch, int64_t
     return gemm_run(c, g, batch, stride_a, stride_b, stride_c, err);
 }
 
-/* Reorders PyTorch OIHW weights into the layout the primitive chose, once. */
-/* Reorders PyTorch OIHW weights into the layout the primitive chose, once. */
-/* Copies weights from the user's plain layout into the one a primitive
- * chose (once per weight; the result is kept). */
-static hadm_status reorder_into(ops_ctx *c, const dnnl_memory_desc_t *from_md, const void *src,
+hadm_status cpu_reorder(ops_ctx *c, const dnnl_memory_desc_t *from_md, const void *src,
                                 const dnnl_memory_desc_t *to_md, void *dst, hadm_error *err)
 {
     hadm_status s = HADM_OK;
@@ -574,7 +327,7 @@ static hadm_status conv_pack_weights(ops_ctx *c, cache_entry *e, const ops_conv 
     if (!(e->packed_w = aligned_alloc(64, (bytes + 63) & ~(size_t)63)))
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (conv weights)");
     DNNL_TRY(dnnl_memory_desc_init_by_tag(&user_md, 4, wd, dnnl_f32, dnnl_oihw), "md");
-    return reorder_into(c, &user_md, p->w, want, e->packed_w, err);
+    return cpu_reorder(c, &user_md, p->w, want, e->packed_w, err);
 fail:
     return s;
 }
@@ -598,10 +351,10 @@ hadm_status ops_conv2d(ops_ctx *c, const ops_conv *p, hadm_error *err)
     }
     int64_t key[KEY_WORDS] = {2, p->N, p->H, p->W, p->Cin, p->Cout, p->kh, p->kw, p->stride, p->pad,
                               p->bias != NULL, (int64_t)(intptr_t)p->w, bf16};
-    cache_entry *e = cache_find(c, key);
+    cache_entry *e = cpu_cache_find(c, key);
     hadm_status s = HADM_OK;
     if (!e) {
-        e = cache_victim(c, key);
+        e = cpu_cache_victim(c, key);
         dnnl_memory_desc_t x_md, w_md, b_md, y_md;
         dnnl_dims_t xd = {p->N, p->Cin, p->H, p->W}, yd = {p->N, p->Cout, ho, wo};
         dnnl_dims_t wd = {p->Cout, p->Cin, p->kh, p->kw}, bd = {p->Cout};
@@ -614,9 +367,9 @@ hadm_status ops_conv2d(ops_ctx *c, const ops_conv *p, hadm_error *err)
         DNNL_TRY(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
                                                     &x_md, &w_md, p->bias ? &b_md : NULL, &y_md, st,
                                                     pad, pad), "conv desc");
-        entry_attr ea = {.alpha = 1.0f};
-        if ((s = entry_build(c, e, &cd, &ea, err)) || (s = conv_pack_weights(c, e, p, err))) {
-            entry_clear(e);
+        entry_attr ea = {0};
+        if ((s = cpu_entry_build(c, e, &cd, &ea, err)) || (s = conv_pack_weights(c, e, p, err))) {
+            cpu_entry_clear(e);
             return s;
         }
     }
@@ -624,11 +377,11 @@ hadm_status ops_conv2d(ops_ctx *c, const ops_conv *p, hadm_error *err)
                      {DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, e->packed_w, NULL},
                      {DNNL_ARG_DST, dnnl_query_dst_md, 0, p->y, NULL},
                      {DNNL_ARG_BIAS, dnnl_query_weights_md, 1, (void *)p->bias, NULL}};
-    if ((s = execute(c, e, a, p->bias ? 4 : 3, err)))
+    if ((s = cpu_execute(c, e, a, p->bias ? 4 : 3, err)))
         return s;
     c->flops += 2.0 * p->N * ho * (double)wo * p->Cout * p->Cin * p->kh * p->kw;
     return HADM_OK;
 fail:
-    entry_clear(e);
+    cpu_entry_clear(e);
     return s;
 }

@@ -184,46 +184,93 @@ void ops_rows_to_bf16(ops_ctx *c, int64_t rows, int n, const float *x, int64_t l
     }
 }
 
-float ops_rows_absmax(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx)
+static inline float hmin8(__m256 v)
 {
-    float mx = 0;
-    ops_ctx_enter(c);
-#pragma omp parallel for schedule(static) reduction(max : mx) if (rows * n > PAR_MIN)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * ldx;
-        __m256 m = _mm256_setzero_ps(), sign = _mm256_set1_ps(-0.0f);
-        int i = 0;
-        for (; i + 8 <= n; i += 8)
-            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + i)));
-        float rm = hmax8(m);
-        for (; i < n; i++)
-            rm = fabsf(xr[i]) > rm ? fabsf(xr[i]) : rm;
-        mx = rm > mx ? rm : mx;
-    }
-    return mx;
+    __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_min_ss(m, _mm_movehdup_ps(m)));
 }
 
-void ops_rows_to_s8(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, float inv_scale,
-                    int8_t *y)
+/* One row's range, widened to include 0 so that zero (window padding, ReLU
+ * output) is exact after quantisation. */
+static void row_range(const float *x, int n, float *lo, float *hi)
+{
+    __m256 mn = _mm256_setzero_ps(), mx = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        mn = _mm256_min_ps(mn, v);
+        mx = _mm256_max_ps(mx, v);
+    }
+    float l = hmin8(mn), h = hmax8(mx);
+    for (; i < n; i++) {
+        l = x[i] < l ? x[i] : l;
+        h = x[i] > h ? x[i] : h;
+    }
+    *lo = l, *hi = h;
+}
+
+void ops_rows_to_u8(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, int levels, uint8_t *y,
+                    float *scale, int32_t *zero)
 {
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if (rows * n > PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * ldx;
-        int8_t *yr = y + r * (int64_t)n;
-        __m256 s = _mm256_set1_ps(inv_scale);
+        uint8_t *yr = y + r * (int64_t)n;
+        float lo, hi;
+        row_range(xr, n, &lo, &hi);
+        float s = hi > lo && isfinite(hi - lo) ? (hi - lo) / (float)levels : 1.0f;
+        int32_t z = (int32_t)nearbyintf(-lo / s);
+        z = z < 0 ? 0 : z > levels ? levels : z;
+        scale[r] = s;
+        zero[r] = z;
+        __m256 inv = _mm256_set1_ps(1.0f / s);
+        __m256i zv = _mm256_set1_epi32(z), top = _mm256_set1_epi32(levels);
         int i = 0;
         for (; i + 16 <= n; i += 16) {
-            /* cvtps rounds to nearest even; packs saturate to [-128, 127] */
-            __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + i), s));
-            __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + i + 8), s));
+            /* cvtps rounds to nearest even; the u8 pack saturates below 0 */
+            __m256i a = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + i), inv)), zv);
+            __m256i b = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + i + 8), inv)), zv);
+            a = _mm256_min_epi32(a, top);
+            b = _mm256_min_epi32(b, top);
             __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8);
-            __m128i q = _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+            __m128i q = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
             _mm_storeu_si128((__m128i *)(yr + i), q);
         }
         for (; i < n; i++) {
-            float v = nearbyintf(xr[i] * inv_scale);
-            yr[i] = (int8_t)(v > 127 ? 127 : v < -128 ? -128 : v);
+            float v = nearbyintf(xr[i] / s) + (float)z;
+            yr[i] = (uint8_t)(v < 0 ? 0 : v > (float)levels ? levels : v);
+        }
+    }
+}
+
+void ops_int8_epilogue(ops_ctx *c, int M, int N, const int32_t *acc, int64_t ldacc, const float *row_scale,
+                       const int32_t *row_zero, const float *col_scale, const int32_t *colsum,
+                       const float *bias, float *C, int64_t ldc, int accumulate)
+{
+    ops_ctx_enter(c);
+#pragma omp parallel for schedule(static) if ((int64_t)M * N > PAR_MIN)
+    for (int m = 0; m < M; m++) {
+        const int32_t *ar = acc + m * ldacc;
+        float *cr = C + m * ldc;
+        __m256i z = _mm256_set1_epi32(row_zero[m]);
+        __m256 s = _mm256_set1_ps(row_scale[m]);
+        int n = 0;
+        for (; n + 8 <= N; n += 8) {
+            __m256i d = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(ar + n)),
+                                         _mm256_mullo_epi32(z, _mm256_loadu_si256((const __m256i *)(colsum + n))));
+            __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(d), s), _mm256_loadu_ps(col_scale + n));
+            if (bias)
+                v = _mm256_add_ps(v, _mm256_loadu_ps(bias + n));
+            if (accumulate)
+                v = _mm256_add_ps(v, _mm256_loadu_ps(cr + n));
+            _mm256_storeu_ps(cr + n, v);
+        }
+        for (; n < N; n++) {
+            float v = (float)(ar[n] - row_zero[m] * colsum[n]) * row_scale[m] * col_scale[n];
+            v += bias ? bias[n] : 0.0f;
+            cr[n] = accumulate ? cr[n] + v : v;
         }
     }
 }

@@ -1,0 +1,164 @@
+/* Reduced-precision matmuls (ops/cpu/dnnl_lowp.c) against double-precision
+ * references: the int8 path must equal the exact product of its own
+ * dequantised operands (this checks zero points, column sums, scales, bias,
+ * accumulate and strided C), and both reduced paths must stay within
+ * their expected distance of the f32 product. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops/cpu/cpu.h"
+#include "ops/ops.h"
+#include "testutil.h"
+
+enum { M = 37, N = 50, K = 300, LDC = 53 };
+
+static uint64_t rng = 7;
+static float uniform(void)   /* [-1, 1) */
+{
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((rng >> 40) & 0xffffff) / 8388608.0f - 1.0f;
+}
+
+/* Rows of different magnitudes and offsets, an all-zero row, a row with one
+ * outlier and an all-positive row (as after a ReLU). */
+static void fill_a(float *a)
+{
+    for (int m = 0; m < M; m++)
+        for (int k = 0; k < K; k++) {
+            float v = uniform() * (0.01f + m * 0.3f);
+            a[m * K + k] = m == 3 ? 0.0f : m == 5 ? fabsf(v) + 0.5f : v + (m % 4 == 1 ? 2.0f : 0.0f);
+        }
+    a[7 * K + 11] = 40.0f;
+}
+
+/* Largest |got - want| relative to the largest |want| over the matrix. */
+static double rel_err(const float *got, const double *want)
+{
+    double d = 0, mx = 0;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double e = fabs(got[m * LDC + n] - want[m * N + n]);
+            d = e > d ? e : d;
+            mx = fabs(want[m * N + n]) > mx ? fabs(want[m * N + n]) : mx;
+        }
+    return d / mx;
+}
+
+/* want = A·Wᵀ + bias (+ c0 when accumulating), in double. */
+static void reference(const float *a, const float *w, const float *bias, const float *c0, double *want)
+{
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double s = 0;
+            for (int k = 0; k < K; k++)
+                s += (double)a[m * K + k] * w[n * K + k];
+            want[m * N + n] = s + bias[n] + (c0 ? c0[m * LDC + n] : 0);
+        }
+}
+
+static void test_u8_rows(ops_ctx *c, const float *a)
+{
+    static uint8_t q[M * K];
+    float scale[M];
+    int32_t zero[M];
+    for (int levels = 127; levels <= 255; levels += 128) {
+        ops_rows_to_u8(c, M, K, a, K, levels, q, scale, zero);
+        int bad = 0;
+        for (int m = 0; m < M; m++)
+            for (int k = 0; k < K; k++) {
+                float back = scale[m] * (float)(q[m * K + k] - zero[m]);
+                bad += q[m * K + k] > levels || fabsf(back - a[m * K + k]) > 0.5001f * scale[m] + 1e-7f;
+                bad += a[m * K + k] == 0.0f && back != 0.0f;
+            }
+        CHECK(bad == 0, "levels %d: %d values off by more than half a step", levels, bad);
+        CHECK(zero[3] == 0 && scale[3] == 1.0f, "all-zero row: scale %g zero %d", scale[3], zero[3]);
+        CHECK(zero[5] == 0, "all-positive row has zero point %d", zero[5]);
+    }
+}
+
+static void run(ops_ctx *c, const ops_packed *pk, const float *a, const float *bias, int acc, float *out)
+{
+    hadm_error err = {0};
+    ops_gemm g = {.M = M, .N = N, .K = K, .A = a, .lda = K, .trans_b = 1, .bias = bias, .C = out,
+                  .ldc = LDC, .accumulate = acc, .packed = pk};
+    CHECK(ops_matmul(c, &g, &err) == HADM_OK, "matmul: %s", err.msg);
+}
+
+/* The int8 product of the dequantised operands, which the path must equal
+ * to float rounding: a = scale (q - zero) per row, w = wscale q per row. */
+static void int8_operands(ops_ctx *c, const float *a, const float *w, float *aq, float *wq)
+{
+    static uint8_t q[M * K];
+    static int8_t w8[N * K];
+    float scale[M], wscale[N], row[K];
+    int32_t zero[M];
+    ops_rows_to_u8(c, M, K, a, K, 255, q, scale, zero);
+    for (int i = 0; i < M * K; i++)
+        aq[i] = scale[i / K] * (float)(q[i] - zero[i / K]);
+    ops_wpart p = {w, OPS_SRC_F32, NULL, N};
+    ops_part_convert(&p, K, OPS_S8, w8, wscale, row);
+    for (int i = 0; i < N * K; i++)
+        wq[i] = wscale[i / K] * w8[i];
+}
+
+int main(void)
+{
+    static float a[M * K], w[N * K], aq[M * K], wq[N * K], out[M * LDC], c0[M * LDC];
+    static double want[M * N], exact[M * N];
+    float bias[N];
+    fill_a(a);
+    for (int i = 0; i < N * K; i++)
+        w[i] = uniform() * 0.05f * (1 + i / K % 5);
+    for (int n = 0; n < N; n++)
+        bias[n] = uniform();
+    for (int i = 0; i < M * LDC; i++)
+        c0[i] = uniform();
+    ops_ctx *c = NULL;
+    hadm_error err = {0};
+    CHECK(ops_ctx_new(2, &c, &err) == HADM_OK, "%s", err.msg);
+    test_u8_rows(c, a);
+    int8_operands(c, a, w, aq, wq);
+    /* The S8 path quantises with 127 levels on CPUs without VNNI: then it
+     * cannot equal the 255-level operands, only the f32 product. */
+    const char *isa_note = "";
+    for (int acc = 0; acc <= 1; acc++) {
+        for (int t = OPS_BF16; t <= OPS_S8; t++) {
+            ops_packed *pk = NULL;
+            ops_wpart part = {w, OPS_SRC_F32, NULL, N};
+            CHECK(ops_pack_parts(c, M, K, &part, 1, (ops_dtype)t, &pk, &err) == HADM_OK, "pack: %s", err.msg);
+            if (!pk)
+                continue;
+            memcpy(out, c0, sizeof out);
+            run(c, pk, a, bias, acc, out);
+            reference(a, w, bias, acc ? c0 : NULL, want);
+            double e = rel_err(out, want);
+            CHECK(e < (t == OPS_S8 ? 2e-2 : 8e-3), "%s acc=%d: %.3g of the f32 product's range",
+                  t == OPS_S8 ? "int8" : "bf16", acc, e);
+            if (t == OPS_S8) {
+                reference(aq, wq, bias, acc ? c0 : NULL, exact);
+                double x = rel_err(out, exact);
+                CHECK(x < 2e-6 || (x < 2e-2 && (isa_note = " (no VNNI: 7-bit activations)")),
+                      "int8 acc=%d differs from its dequantised operands' product by %.3g", acc, x);
+                printf("int8 acc=%d: vs f32 %.2e, vs own operands %.2e%s\n", acc, e, x, isa_note);
+                /* the all-zero row gives exactly the bias (plus C) */
+                int zero_ok = 1;
+                for (int n = 0; n < N; n++)
+                    zero_ok &= out[3 * LDC + n] == (float)(bias[n] + (acc ? c0[3 * LDC + n] : 0));
+                CHECK(zero_ok, "int8: a zero row is not exactly the bias");
+            } else {
+                printf("bf16 acc=%d: vs f32 %.2e\n", acc, e);
+            }
+            /* C's padding columns are never written */
+            int pad_ok = 1;
+            for (int m = 0; m < M; m++)
+                for (int n = N; n < LDC; n++)
+                    pad_ok &= out[m * LDC + n] == c0[m * LDC + n];
+            CHECK(pad_ok, "dtype %d wrote past N in a strided C", t);
+            ops_packed_free(pk);
+        }
+    }
+    ops_ctx_free(c);
+    return test_finish();
+}
