@@ -1,4 +1,5 @@
-/* Reduced-precision matmuls (ops/cpu/dnnl_lowp.c) against double-precision
+/* Reduced-precision matmuls (ops/cpu/dnnl_lowp.c) and int8 convolutions
+ * (conv_int8.c) against double-precision
  * references: the int8 path must equal the exact product of its own
  * dequantised operands (this checks zero points, column sums, scales, bias,
  * accumulate and strided C), and both reduced paths must stay within
@@ -103,6 +104,46 @@ static void int8_operands(ops_ctx *c, const float *a, const float *w, float *aq,
         wq[i] = wscale[i / K] * w8[i];
 }
 
+/* int8 convolution (im2col rows quantised one by one) against the f32 one:
+ * stride 1 and 2, a zero image (must give exactly the bias). */
+static void test_conv_int8(void)
+{
+    enum { B = 3, H = 7, W = 6, CI = 20, CO = 12 };
+    static float x[B * H * W * CI], w[CO * CI * 9], y32[B * H * W * CO], y8[B * H * W * CO];
+    float bias[CO];
+    for (int i = 0; i < B * H * W * CI; i++)
+        x[i] = i / (H * W * CI) == 1 ? 0.0f : uniform() * (1 + i % 3);
+    for (int i = 0; i < CO * CI * 9; i++)
+        w[i] = uniform() * 0.1f;
+    for (int i = 0; i < CO; i++)
+        bias[i] = uniform();
+    ops_ctx *f = NULL, *q = NULL;
+    hadm_error err = {0};
+    CHECK(ops_ctx_new(2, &f, &err) == HADM_OK && ops_ctx_new(2, &q, &err) == HADM_OK, "%s", err.msg);
+    ops_ctx_set_compute(q, OPS_S8);
+    for (int stride = 1; stride <= 2; stride++) {
+        ops_conv p = {.N = B, .H = H, .W = W, .Cin = CI, .Cout = CO, .kh = 3, .kw = 3, .stride = stride,
+                      .pad = 1, .x = x, .w = w, .bias = bias, .y = y32};
+        CHECK(ops_conv2d(f, &p, &err) == HADM_OK, "f32 conv: %s", err.msg);
+        p.y = y8;
+        CHECK(ops_conv2d(q, &p, &err) == HADM_OK, "int8 conv: %s", err.msg);
+        int ho = (H - 1) / stride + 1, wo = (W - 1) / stride + 1, n = B * ho * wo * CO;
+        double d = 0, mx = 0;
+        int zero_ok = 1;
+        for (int i = 0; i < n; i++) {
+            d = fabs(y8[i] - y32[i]) > d ? fabs(y8[i] - y32[i]) : d;
+            mx = fabs(y32[i]) > mx ? fabs(y32[i]) : mx;
+            if (i / (ho * wo * CO) == 1)
+                zero_ok &= y8[i] == bias[i % CO];
+        }
+        printf("int8 conv stride %d: vs f32 %.2e\n", stride, d / mx);
+        CHECK(d / mx < 2e-2, "int8 conv stride %d: %.3g of the f32 output's range", stride, d / mx);
+        CHECK(zero_ok, "int8 conv: a zero image does not give exactly the bias");
+    }
+    ops_ctx_free(f);
+    ops_ctx_free(q);
+}
+
 int main(void)
 {
     static float a[M * K], w[N * K], aq[M * K], wq[N * K], out[M * LDC], c0[M * LDC];
@@ -160,5 +201,6 @@ int main(void)
         }
     }
     ops_ctx_free(c);
+    test_conv_int8();
     return test_finish();
 }

@@ -105,8 +105,13 @@ hadm_status model_tensor(const struct hadm_model *m, const char *name, const flo
     return s;
 }
 
-static int is_vit_linear(const char *name)
+/* Linear weights used only packed (model_pack_block, model_pack_heads):
+ * the ViT's and the box heads' fc layers. */
+static int is_packed_linear(const char *name)
 {
+    int s, j, end = 0;
+    if (sscanf(name, "roi_heads.box_head.%d.fc%d.weight%n", &s, &j, &end) == 2 && name[end] == 0)
+        return 1;
     static const char *const ends[] = {".attn.q_proj.weight", ".attn.k_proj.weight", ".attn.v_proj.weight",
                                        ".attn.proj.weight",   ".mlp.w1.weight",      ".mlp.w2.weight",
                                        ".mlp.w3.weight"};
@@ -157,7 +162,7 @@ static hadm_status bind_visit(void *user, const char *name, int ndim, const int6
             *slot = part.data;
         return HADM_OK;
     }
-    if (is_vit_linear(name)) {
+    if (is_packed_linear(name)) {
         *slot = NULL;
         return HADM_OK;
     }
@@ -307,8 +312,7 @@ static hadm_status pack_stack(struct hadm_model *m, ops_ctx *ctx, int i, const c
     if (s || (s = ops_pack_parts(ctx, G * G, K, parts, n, packed_type(m->precision), out, err)))
         return s;
     for (int j = 0; j < n; j++) {
-        size_t esz = parts[j].type == OPS_SRC_F32 ? 4 : parts[j].type == OPS_SRC_S8 ? 1 : 2;
-        st_release_pages(m->file, parts[j].data, (size_t)rows * K * esz);
+        st_release_pages(m->file, parts[j].data, (size_t)rows * K * ops_src_size(parts[j].type));
     }
     return HADM_OK;
 }
@@ -355,8 +359,40 @@ hadm_status model_pack_block(const struct hadm_model *cm, int i, ops_ctx *ctx, h
     return s;
 }
 
-static void unpack_vit(struct hadm_model *m)
+hadm_status model_pack_heads(const struct hadm_model *cm, ops_ctx *ctx, hadm_error *err)
 {
+    struct hadm_model *m = (struct hadm_model *)cm;
+    const hadm_config *cfg = &m->cfg;
+    hadm_status s = HADM_OK;
+    pthread_mutex_lock(&m->pack_lock);
+    for (int st = 0; !m->heads_packed && !s && st < cfg->num_stages; st++) {
+        int K = cfg->fpn_channels * cfg->pool_res * cfg->pool_res;
+        for (int j = 0; !s && j < cfg->box_fcs; j++) {
+            int N = cfg->box_fc_dims[j];
+            char name[96];
+            snprintf(name, sizeof name, "roi_heads.box_head.%d.fc%d.weight", st, j + 1);
+            int64_t shape[2] = {N, K};
+            ops_wpart part;
+            if (!(s = model_weight_part(m, name, 2, shape, &part, err)) &&
+                !(s = ops_pack_parts(ctx, ROI_CHUNK, K, &part, 1, packed_type(m->precision),
+                                     &m->w.stage[st].fc_pk[j], err)))
+                st_release_pages(m->file, part.data, (size_t)N * K * ops_src_size(part.type));
+            K = N;
+        }
+    }
+    m->heads_packed = !s;
+    pthread_mutex_unlock(&m->pack_lock);
+    return s;
+}
+
+static void unpack_all(struct hadm_model *m)
+{
+    for (int s = 0; s < CFG_MAX_STAGES; s++)
+        for (int j = 0; j < CFG_MAX_CONVS; j++) {
+            ops_packed_free(m->w.stage[s].fc_pk[j]);
+            m->w.stage[s].fc_pk[j] = NULL;
+        }
+    m->heads_packed = 0;
     for (int i = 0; i < CFG_MAX_BLOCKS; i++) {
         vit_block_w *b = &m->w.blocks[i];
         ops_packed **all[4] = {&b->qkv_pk, &b->proj_pk, &b->w12_pk, &b->w3_pk};
@@ -478,7 +514,7 @@ void hadm_model_close(hadm_model *m)
         free(m->free_ctx);
         m->free_ctx = n;
     }
-    unpack_vit(m);
+    unpack_all(m);
     for (int i = 0; i < m->n_owned; i++)
         free(m->owned[i]);
     free(m->owned);
@@ -508,11 +544,12 @@ hadm_status model_ctx_acquire(struct hadm_model *m, ops_ctx **out, hadm_error *e
         return HADM_OK;
     }
     hadm_status s = ops_ctx_new(m->threads, out, err);
-    /* int8 covers the ViT Linears only: its attention and convolutions stay
-     * f32, which is more accurate and, on CPUs whose bf16 dot product runs
-     * at half the f32 FMA rate (measured by `hadm bench`), also faster. */
+    /* int8 runs the convolutions in int8 too, but attention in f32: more
+     * accurate, and on CPUs whose bf16 dot product runs at half the f32 FMA
+     * rate (`hadm bench` measures both) also faster than bf16. */
     if (!s)
-        ops_ctx_set_compute(*out, m->precision == HADM_PRECISION_BF16 ? OPS_BF16 : OPS_F32);
+        ops_ctx_set_compute(*out, m->precision == HADM_PRECISION_BF16 ? OPS_BF16
+                                  : m->precision == HADM_PRECISION_INT8 ? OPS_S8 : OPS_F32);
     return s;
 }
 

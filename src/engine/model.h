@@ -53,6 +53,9 @@ typedef struct {
     struct {
         conv_ln_w conv[CFG_MAX_CONVS];
         linear_w fc[CFG_MAX_CONVS];
+        /* fc weights packed in the model's precision on first use, like the
+         * ViT's (in a reduced-precision file fc[j].w is NULL) */
+        ops_packed *fc_pk[CFG_MAX_CONVS];
         linear_w cls, bbox;
     } stage[CFG_MAX_STAGES];
 } hadm_weights;
@@ -75,6 +78,7 @@ struct hadm_model {
     pthread_mutex_t pool_lock;
     ctx_slot *free_ctx;
     pthread_mutex_t pack_lock;
+    int heads_packed;           /* model_pack_heads done (guarded by pack_lock) */
     struct cuda_model *cuda;    /* the model on the GPU (engine/cuda), NULL on the CPU */
 };
 
@@ -92,6 +96,11 @@ hadm_status model_tensor(const struct hadm_model *m, const char *name, const flo
  * opening a model is only mapping and validating: a server is ready in
  * milliseconds and the first forward pays the ~1 s of packing. */
 hadm_status model_pack_block(const struct hadm_model *m, int i, ops_ctx *c, hadm_error *err);
+/* ROIs go through the box heads this many at a time. */
+#define ROI_CHUNK 256
+/* The same for the box heads' fully connected layers (12.8M weights per
+ * stage: the largest outside the ViT). */
+hadm_status model_pack_heads(const struct hadm_model *m, ops_ctx *c, hadm_error *err);
 
 /* Borrow / return an execution context (thread-safe). */
 hadm_status model_ctx_acquire(struct hadm_model *m, ops_ctx **out, hadm_error *err);

@@ -14,7 +14,6 @@
 #include "engine/boxes.h"
 #include "util/err.h"
 
-#define ROI_CHUNK 256
 
 enum { BUF_POOL, BUF_CONV, BUF_FLAT, BUF_FC_A, BUF_FC_B };
 
@@ -113,7 +112,8 @@ static hadm_status box_head_chunk(cascade *cs, int s, int r0, float *x, hadm_err
         if (!out)
             return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (box head)");
         ops_gemm g = {.M = n, .N = N, .K = K, .A = in, .lda = K, .B = w->stage[s].fc[j].w, .ldb = K,
-                      .trans_b = 1, .bias = w->stage[s].fc[j].b, .C = out, .ldc = N};
+                      .trans_b = 1, .bias = w->stage[s].fc[j].b, .C = out, .ldc = N,
+                      .packed = w->stage[s].fc_pk[j]};
         if ((st = ops_matmul(c, &g, err)))
             return st;
         ops_relu(c, out, (int64_t)n * N);
@@ -245,8 +245,8 @@ hadm_status roi_heads_forward(const struct hadm_model *m, ops_ctx *c, const fpn_
     if (R == 0)
         return HADM_OK;
     cascade cs = {.m = m, .c = c, .maps = maps, .t = t, .R = R};
-    hadm_status s = cascade_alloc(&cs, err);
-    if (s)
+    hadm_status s = model_pack_heads(m, c, err);
+    if (s || (s = cascade_alloc(&cs, err)))
         return s;
     size_t n = (size_t)R * cs.K1;
     memcpy(cs.in_boxes, proposals, (size_t)R * 4 * sizeof(float));

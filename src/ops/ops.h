@@ -56,8 +56,9 @@ typedef struct {
 hadm_status ops_pack_parts(ops_ctx *c, int M, int K, const ops_wpart *parts, int nparts, ops_dtype to,
                            ops_packed **out, hadm_error *err);
 ops_dtype ops_packed_dtype(const ops_packed *p);
-/* The element type attention and convolutions compute in for this context
- * (F32 or BF16; norms, softmax and everything else stay f32). */
+/* The element type attention and convolutions compute in for this context:
+ * F32; BF16 (both in bf16); S8 (convolutions in int8 like the Linears,
+ * attention f32). Norms, softmax and everything else stay f32. */
 void ops_ctx_set_compute(ops_ctx *c, ops_dtype t);
 ops_dtype ops_ctx_compute(const ops_ctx *c);
 /* Element conversions used by the loader and the quantizer. */
@@ -67,6 +68,7 @@ float ops_f16_to_f32(uint16_t h);
 uint16_t ops_f32_to_f16(float f);
 /* dst[i] = value of element i of a part of `n` elements (row r = i / K). */
 void ops_part_to_f32(const ops_wpart *p, int64_t K, int64_t n, float *dst);
+size_t ops_src_size(ops_src_type t);   /* bytes per element */
 /* The p->rows rows of p as element type `to` at dst (S8: with a scale per
  * row, max|row| / 127, at scale). row_f32 is scratch for K floats. */
 void ops_part_convert(const ops_wpart *p, int64_t K, ops_dtype to, void *dst, float *scale,

@@ -13,6 +13,9 @@ void *ops_lowp_buffer(ops_ctx *c, size_t bytes);
 /* Row conversions (lowp.c), threaded over rows: x is rows x n with stride ldx,
  * the output dense rows x n. */
 void ops_rows_to_bf16(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, uint16_t *y);
+/* One row of n values as u8: x = scale (y - zero), levels + 1 steps spanning
+ * the row's range and 0 (so 0 is exact). */
+void ops_row_to_u8(const float *x, int n, int levels, uint8_t *y, float *scale, int32_t *zero);
 /* u8 with a scale and zero point per row (x = scale[r] (y - zero[r])), on
  * levels + 1 steps (255 or 127) spanning the row's range and 0. */
 void ops_rows_to_u8(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, int levels, uint8_t *y,
@@ -22,6 +25,14 @@ void ops_rows_to_u8(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx
 void ops_int8_epilogue(ops_ctx *c, int M, int N, const int32_t *acc, int64_t ldacc, const float *row_scale,
                        const int32_t *row_zero, const float *col_scale, const int32_t *colsum,
                        const float *bias, float *C, int64_t ldc, int accumulate);
+/* Activation levels for u8 operands of oneDNN's u8 x s8 kernels: 255 with
+ * VNNI; 127 without, where pairs of products are summed in int16. */
+int ops_u8_levels(const ops_ctx *c);
+/* int8 convolution (conv_int8.c): im2col rows quantised one by one, then the
+ * int8 matmul; used by ops_conv2d in an S8 context. */
+hadm_status cpu_conv_int8(ops_ctx *c, const ops_conv *p, hadm_error *err);
+/* A second grown-on-demand buffer, for convolution operands. */
+void *ops_conv_buffer(ops_ctx *c, size_t bytes);
 /* Softmax of each row (as ops_softmax_rows) written as bf16 to y (stride ldy). */
 void ops_softmax_rows_bf16(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, uint16_t *y,
                            int64_t ldy);

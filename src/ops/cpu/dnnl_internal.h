@@ -21,6 +21,7 @@ typedef struct {
     dnnl_primitive_desc_t pd;
     size_t scratch_bytes;
     void *packed_w;   /* conv weights reordered to the primitive's layout (owned) */
+    ops_packed *packed;   /* int8 conv weights as a matmul operand (owned) */
 } cache_entry;
 
 struct ops_ctx {
@@ -34,9 +35,12 @@ struct ops_ctx {
     size_t scratch_cap;
     float *slot[OPS_SCRATCH_SLOTS];
     size_t slot_cap[OPS_SCRATCH_SLOTS];
-    ops_dtype compute;        /* attention and convolutions: F32 or BF16 */
+    ops_dtype compute;        /* attention and convolutions (see ops_ctx_set_compute) */
+    int u8_levels;            /* see ops_u8_levels */
     void *lowp;               /* A converted for a reduced-precision matmul */
     size_t lowp_cap;
+    void *convb;              /* quantised im2col rows of an int8 convolution */
+    size_t convb_cap;
 };
 
 struct ops_packed {

@@ -26,21 +26,6 @@ static size_t dtype_size(ops_dtype t) { return t == OPS_BF16 ? 2 : t == OPS_S8 ?
 /* The activation type that meets weights of type t (int8 weights take u8). */
 static dnnl_data_type_t src_type(ops_dtype t) { return t == OPS_S8 ? dnnl_u8 : cpu_dnnl_type(t); }
 
-/* Without VNNI, oneDNN's u8 x s8 kernels sum pairs of products in int16
- * (vpmaddubsw), which saturates for u8 values above 127: activations then
- * use 7 bits. */
-static int u8_levels(void)
-{
-    static int levels;
-    if (!levels) {
-        dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
-        int vnni = (isa & dnnl_cpu_isa_avx512_core_vnni) == dnnl_cpu_isa_avx512_core_vnni ||
-                   (isa & dnnl_cpu_isa_avx2_vnni) == dnnl_cpu_isa_avx2_vnni;
-        levels = vnni ? 255 : 127;
-    }
-    return levels;
-}
-
 /* The weights layout a matmul of A[M,K] by a [K,N] weight of type dt picks. */
 static hadm_status packed_layout(ops_ctx *c, int M, int N, int K, ops_dtype dt, dnnl_memory_desc_t *out,
                                  hadm_error *err)
@@ -200,7 +185,7 @@ static hadm_status gemm_int8(ops_ctx *c, const ops_gemm *g, const ops_packed *pk
         uint8_t *q = (uint8_t *)buf;
         float *sc = (float *)(buf + a_bytes);
         int32_t *zp = (int32_t *)(buf + a_bytes + row_bytes);
-        ops_rows_to_u8(c, M, K, g->A, g->lda, u8_levels(), q, sc, zp);
+        ops_rows_to_u8(c, M, K, g->A, g->lda, ops_u8_levels(c), q, sc, zp);
         a = q, scale = sc, zero = zp;
     }
     if (!scale || !zero)

@@ -210,39 +210,41 @@ static void row_range(const float *x, int n, float *lo, float *hi)
     *lo = l, *hi = h;
 }
 
+void ops_row_to_u8(const float *x, int n, int levels, uint8_t *y, float *scale, int32_t *zero)
+{
+    float lo, hi;
+    row_range(x, n, &lo, &hi);
+    float s = hi > lo && isfinite(hi - lo) ? (hi - lo) / (float)levels : 1.0f;
+    int32_t z = (int32_t)nearbyintf(-lo / s);
+    z = z < 0 ? 0 : z > levels ? levels : z;
+    *scale = s;
+    *zero = z;
+    __m256 inv = _mm256_set1_ps(1.0f / s);
+    __m256i zv = _mm256_set1_epi32(z), top = _mm256_set1_epi32(levels);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        /* cvtps rounds to nearest even; the u8 pack saturates below 0 */
+        __m256i a = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv)), zv);
+        __m256i b = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8), inv)), zv);
+        a = _mm256_min_epi32(a, top);
+        b = _mm256_min_epi32(b, top);
+        __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8);
+        __m128i q = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+        _mm_storeu_si128((__m128i *)(y + i), q);
+    }
+    for (; i < n; i++) {
+        float v = nearbyintf(x[i] / s) + (float)z;
+        y[i] = (uint8_t)(v < 0 ? 0 : v > (float)levels ? levels : v);
+    }
+}
+
 void ops_rows_to_u8(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, int levels, uint8_t *y,
                     float *scale, int32_t *zero)
 {
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if (rows * n > PAR_MIN)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * ldx;
-        uint8_t *yr = y + r * (int64_t)n;
-        float lo, hi;
-        row_range(xr, n, &lo, &hi);
-        float s = hi > lo && isfinite(hi - lo) ? (hi - lo) / (float)levels : 1.0f;
-        int32_t z = (int32_t)nearbyintf(-lo / s);
-        z = z < 0 ? 0 : z > levels ? levels : z;
-        scale[r] = s;
-        zero[r] = z;
-        __m256 inv = _mm256_set1_ps(1.0f / s);
-        __m256i zv = _mm256_set1_epi32(z), top = _mm256_set1_epi32(levels);
-        int i = 0;
-        for (; i + 16 <= n; i += 16) {
-            /* cvtps rounds to nearest even; the u8 pack saturates below 0 */
-            __m256i a = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + i), inv)), zv);
-            __m256i b = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + i + 8), inv)), zv);
-            a = _mm256_min_epi32(a, top);
-            b = _mm256_min_epi32(b, top);
-            __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8);
-            __m128i q = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
-            _mm_storeu_si128((__m128i *)(yr + i), q);
-        }
-        for (; i < n; i++) {
-            float v = nearbyintf(xr[i] / s) + (float)z;
-            yr[i] = (uint8_t)(v < 0 ? 0 : v > (float)levels ? levels : v);
-        }
-    }
+    for (int64_t r = 0; r < rows; r++)
+        ops_row_to_u8(x + r * ldx, n, levels, y + r * (int64_t)n, &scale[r], &zero[r]);
 }
 
 void ops_int8_epilogue(ops_ctx *c, int M, int N, const int32_t *acc, int64_t ldacc, const float *row_scale,

@@ -28,6 +28,8 @@ uint16_t ops_f32_to_bf16(float f)
 float ops_f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
 uint16_t ops_f32_to_f16(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
 
+size_t ops_src_size(ops_src_type t) { return t == OPS_SRC_F32 ? 4 : t == OPS_SRC_S8 ? 1 : 2; }
+
 static float part_value(const ops_wpart *p, int64_t K, int64_t i)
 {
     switch (p->type) {
@@ -76,7 +78,7 @@ void ops_part_convert(const ops_wpart *p, int64_t K, ops_dtype to, void *dst, fl
         }
         float *row = to == OPS_F32 ? (float *)dst + r * K : row_f32;
         ops_wpart one = *p;
-        one.data = (const char *)p->data + r * K * (p->type == OPS_SRC_F32 ? 4 : p->type == OPS_SRC_S8 ? 1 : 2);
+        one.data = (const char *)p->data + r * K * (int64_t)ops_src_size(p->type);
         one.scale = p->scale ? p->scale + r : NULL;
         ops_part_to_f32(&one, K, K, row);
         if (to == OPS_BF16)

@@ -1,0 +1,103 @@
+/* int8 convolution. Each output pixel's receptive field (kh x kw x Cin
+ * values, taps in (ky, kx, c) order, zeros outside the image) is gathered
+ * into one row and quantised to u8 on that row's own range, exactly as a
+ * Linear's activations are; the rows then meet the int8 weights, reordered
+ * to [Cout][ky][kx][Cin], in the int8 matmul (dnnl_lowp.c), whose epilogue
+ * writes f32 NHWC output with the bias. Rows go in chunks, so the u8
+ * buffer stays a few MB whatever the image size.
+ *
+ * A scale per row rather than per image matters: feature maps mix strong
+ * and weak regions, and one range for all would crush the weak ones. */
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops/cpu/dnnl_internal.h"
+
+#define CHUNK_ROWS 4096
+
+/* The weights as a packed int8 matmul operand, kept in the context's cache
+ * under the weight pointer. */
+static hadm_status conv_weights(ops_ctx *c, const ops_conv *p, const ops_packed **out, hadm_error *err)
+{
+    int64_t key[KEY_WORDS] = {4, (int64_t)(intptr_t)p->w, p->Cout, p->Cin, p->kh, p->kw};
+    cache_entry *e = cpu_cache_find(c, key);
+    if (e) {
+        *out = e->packed;
+        return HADM_OK;
+    }
+    int K = p->kh * p->kw * p->Cin;
+    float *w = malloc((size_t)p->Cout * K * sizeof *w);
+    if (!w)
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (int8 conv weights)");
+    for (int o = 0; o < p->Cout; o++)
+        for (int ci = 0; ci < p->Cin; ci++)
+            for (int ky = 0; ky < p->kh; ky++)
+                for (int kx = 0; kx < p->kw; kx++)
+                    w[((size_t)(o * p->kh + ky) * p->kw + kx) * p->Cin + ci] =
+                        p->w[((size_t)(o * p->Cin + ci) * p->kh + ky) * p->kw + kx];
+    ops_wpart part = {w, OPS_SRC_F32, NULL, p->Cout};
+    ops_packed *pk = NULL;
+    hadm_status s = ops_pack_parts(c, CHUNK_ROWS, K, &part, 1, OPS_S8, &pk, err);
+    free(w);
+    if (s)
+        return s;
+    e = cpu_cache_victim(c, key);
+    e->packed = pk;
+    *out = pk;
+    return HADM_OK;
+}
+
+/* Row r of the im2col matrix (output pixel r of the batch) into row, K floats. */
+static void gather_row(const ops_conv *p, int ho, int wo, int64_t r, float *row)
+{
+    int64_t n = r / ((int64_t)ho * wo);
+    int rem = (int)(r % ((int64_t)ho * wo)), oy = rem / wo, ox = rem % wo;
+    size_t cin = (size_t)p->Cin;
+    for (int ky = 0; ky < p->kh; ky++)
+        for (int kx = 0; kx < p->kw; kx++) {
+            int iy = oy * p->stride - p->pad + ky, ix = ox * p->stride - p->pad + kx;
+            float *dst = row + (size_t)(ky * p->kw + kx) * cin;
+            if (iy >= 0 && iy < p->H && ix >= 0 && ix < p->W)
+                memcpy(dst, p->x + ((n * p->H + iy) * p->W + ix) * cin, cin * sizeof *dst);
+            else
+                memset(dst, 0, cin * sizeof *dst);
+        }
+}
+
+hadm_status cpu_conv_int8(ops_ctx *c, const ops_conv *p, hadm_error *err)
+{
+    int ho = (p->H + 2 * p->pad - p->kh) / p->stride + 1;
+    int wo = (p->W + 2 * p->pad - p->kw) / p->stride + 1;
+    int K = p->kh * p->kw * p->Cin;
+    int64_t rows = (int64_t)p->N * ho * wo;
+    const ops_packed *pk = NULL;
+    hadm_status s = conv_weights(c, p, &pk, err);
+    if (s)
+        return s;
+    size_t qbytes = ((size_t)CHUNK_ROWS * K + 63) & ~(size_t)63;
+    size_t rbytes = CHUNK_ROWS * sizeof(float);
+    int threads = ops_ctx_threads(c);
+    char *buf = ops_conv_buffer(c, qbytes + 2 * rbytes + (size_t)threads * K * sizeof(float));
+    if (!buf)
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (int8 conv rows)");
+    uint8_t *q = (uint8_t *)buf;
+    float *scale = (float *)(buf + qbytes), *tmp = (float *)(buf + qbytes + 2 * rbytes);
+    int32_t *zero = (int32_t *)(buf + qbytes + rbytes);
+    int levels = ops_u8_levels(c);
+    for (int64_t r0 = 0; !s && r0 < rows; r0 += CHUNK_ROWS) {
+        int m = rows - r0 < CHUNK_ROWS ? (int)(rows - r0) : CHUNK_ROWS;
+        ops_ctx_enter(c);
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < m; i++) {
+            float *row = tmp + (size_t)omp_get_thread_num() * K;
+            gather_row(p, ho, wo, r0 + i, row);
+            ops_row_to_u8(row, K, levels, q + (size_t)i * K, &scale[i], &zero[i]);
+        }
+        ops_gemm g = {.M = m, .N = p->Cout, .K = K, .A = (const float *)q, .lda = K, .trans_b = 1,
+                      .bias = p->bias, .C = p->y + r0 * p->Cout, .ldc = p->Cout, .packed = pk,
+                      .a_converted = 1, .a_scale = scale, .a_zero = zero};
+        s = ops_matmul(c, &g, err);
+    }
+    return s;
+}
