@@ -6,8 +6,10 @@
  * the interleaved-head strides, or an output-scale attribute, send it to a
  * generic kernel at half that speed. Scores are then computed for a group of
  * heads and a tile of queries at a time (at most SCORE_BUDGET floats: 32 MiB),
- * softmaxed and multiplied by V into the output columns, so a 4096-token
- * block never holds the 1 GiB of all scores at once.
+ * exponentiated (max-subtracted) and multiplied by V; the softmax's division
+ * by the row sum is applied to the 64-wide output rows, which saves a pass
+ * over the 4096-wide probabilities. A 4096-token block never holds the
+ * 1 GiB of all scores at once.
  *
  * With a BF16 context the copies write bf16 (the conversion is free there),
  * the softmax writes bf16 probabilities, and both products run on bf16
@@ -44,12 +46,18 @@ static void copy_head_major(ops_ctx *c, const float *x, int64_t ld, int t0, int 
         }
 }
 
-/* out[t][h * hd + d] = x[h][t][d] */
-static void scatter_heads(const float *x, int n, int heads, int hd, float *out, int64_t ldo)
+/* out[t][h * hd + d] = x[h][t][d] * inv_sum[h][t]: the softmax's
+ * normalisation, applied to the 64-wide output rows. */
+static void scatter_heads(const float *x, const float *inv_sum, int n, int heads, int hd, float *out,
+                          int64_t ldo)
 {
     for (int h = 0; h < heads; h++)
-        for (int t = 0; t < n; t++)
-            memcpy(out + t * ldo + (int64_t)h * hd, x + ((int64_t)h * n + t) * hd, (size_t)hd * sizeof *out);
+        for (int t = 0; t < n; t++) {
+            const float *src = x + ((int64_t)h * n + t) * hd;
+            float *dst = out + t * ldo + (int64_t)h * hd, s = inv_sum[(int64_t)h * n + t];
+            for (int d = 0; d < hd; d++)
+                dst[d] = src[d] * s;
+        }
 }
 
 static void copy_transposed(ops_ctx *c, const float *x, int64_t ld, int N, int heads, int hd, void *out,
@@ -79,13 +87,15 @@ hadm_status ops_attention(ops_ctx *c, int N, int heads, int hd, float scale, con
     group = group < 1 ? 1 : group > heads ? heads : group;
     int64_t hsz = (int64_t)N * hd;
     size_t ssz = (size_t)group * tile * N, qsz = (size_t)group * tile * hd;
-    /* floats: scores, bf16 probabilities (bf16 only), query tile, output tile, K, V */
-    size_t psz = bf16 ? (ssz + 1) / 2 : 0;
-    float *S = ops_scratch(c, OPS_SCRATCH_ATTN, ssz + psz + 2 * qsz + 2 * (size_t)heads * hsz);
+    /* floats: scores, bf16 probabilities (bf16 only), query tile, output tile, K, V,
+     * 1/sum per score row */
+    size_t psz = bf16 ? (ssz + 1) / 2 : 0, isz = (size_t)group * tile;
+    float *S = ops_scratch(c, OPS_SCRATCH_ATTN, ssz + psz + 2 * qsz + 2 * (size_t)heads * hsz + isz);
     if (!S)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (attention scores)");
     void *P = bf16 ? (void *)(S + ssz) : S;
     float *qt = S + ssz + psz, *ot = qt + qsz, *kt = ot + qsz, *vh = kt + heads * hsz;
+    float *inv_sum = vh + heads * hsz;
     copy_transposed(c, k, ld, N, heads, hd, kt, bf16);
     copy_head_major(c, v, ld, 0, N, 0, heads, hd, 1.0f, vh, bf16);
     for (int h0 = 0; h0 < heads; h0 += group) {
@@ -100,17 +110,14 @@ hadm_status ops_attention(ops_ctx *c, int N, int heads, int hd, float scale, con
             hadm_status s = ops_matmul_batched(c, &qk, g, (int64_t)m * hd, hsz, (int64_t)m * N, err);
             if (s)
                 return s;
-            if (bf16)
-                ops_softmax_rows_bf16(c, (int64_t)g * m, N, S, N, P, N);
-            else
-                ops_softmax_rows(c, (int64_t)g * m, N, S, N);
+            ops_softmax_rows_unnorm(c, (int64_t)g * m, N, S, N, bf16 ? P : NULL, N, inv_sum);
             /* out[q0+i][h*hd + d] = sum_j P[h][i][j] v[h][j][d], via the dense ot */
             ops_gemm av = {.M = m, .N = hd, .K = N, .A = P, .lda = N,
                            .B = (const float *)((const char *)vh + h0 * hsz * esz), .ldb = hd,
                            .trans_b = 0, .C = ot, .ldc = hd, .ab_bf16 = bf16};
             if ((s = ops_matmul_batched(c, &av, g, (int64_t)m * N, hsz, (int64_t)m * hd, err)))
                 return s;
-            scatter_heads(ot, m, g, hd, out + (int64_t)q0 * ldo + (int64_t)h0 * hd, ldo);
+            scatter_heads(ot, inv_sum, m, g, hd, out + (int64_t)q0 * ldo + (int64_t)h0 * hd, ldo);
         }
     }
     return HADM_OK;

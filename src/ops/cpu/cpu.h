@@ -33,8 +33,9 @@ int ops_u8_levels(const ops_ctx *c);
 hadm_status cpu_conv_int8(ops_ctx *c, const ops_conv *p, hadm_error *err);
 /* A second grown-on-demand buffer, for convolution operands. */
 void *ops_conv_buffer(ops_ctx *c, size_t bytes);
-/* Softmax of each row (as ops_softmax_rows) written as bf16 to y (stride ldy). */
-void ops_softmax_rows_bf16(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, uint16_t *y,
-                           int64_t ldy);
+/* Unnormalised softmax of each row: exp(x - max(x)) back into x, or as bf16
+ * into y (stride ldy) when y is not NULL; 1 / sum of the row in inv_sum[r]. */
+void ops_softmax_rows_unnorm(ops_ctx *c, int64_t rows, int n, float *x, int64_t ldx, uint16_t *y,
+                             int64_t ldy, float *inv_sum);
 
 #endif

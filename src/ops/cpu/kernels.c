@@ -114,8 +114,11 @@ static inline __m128i bf16x8(__m256 v)
 
 /* Max-subtracted softmax. Partial sums stay in 8 float lanes (each lane adds
  * n/8 values in [0, 1]), which keeps the error near 1e-7 for 4096 keys. The
- * result goes back to x, or as bf16 to y when y is not NULL. */
-static void softmax_row(float *x, int n, uint16_t *y)
+ * result goes back to x, or as bf16 to y when y is not NULL. With inv_sum,
+ * the row is left unnormalised (exp(x - max), the form attention wants: it
+ * scales its 64-wide output rows instead of the 4096-wide probabilities)
+ * and 1/sum is stored there. */
+static void softmax_row(float *x, int n, uint16_t *y, float *inv_sum)
 {
     int i = 0;
     __m256 vmax = _mm256_set1_ps(-INFINITY);
@@ -125,15 +128,27 @@ static void softmax_row(float *x, int n, uint16_t *y)
     for (; i < n; i++)
         mx = x[i] > mx ? x[i] : mx;
     __m256 vsum = _mm256_setzero_ps(), vm = _mm256_set1_ps(mx);
+    int direct = inv_sum && y;   /* the exponentials go straight out as bf16 */
     for (i = 0; i + 8 <= n; i += 8) {
         __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
-        _mm256_storeu_ps(x + i, e);
+        if (direct)
+            _mm_storeu_si128((__m128i *)(y + i), bf16x8(e));
+        else
+            _mm256_storeu_ps(x + i, e);
         vsum = _mm256_add_ps(vsum, e);
     }
     double sum = hsum8(vsum);
     for (; i < n; i++) {
-        x[i] = expf(x[i] - mx);
-        sum += x[i];
+        float e = expf(x[i] - mx);
+        if (direct)
+            y[i] = ops_f32_to_bf16(e);
+        else
+            x[i] = e;
+        sum += e;
+    }
+    if (inv_sum) {
+        *inv_sum = (float)(1.0 / sum);
+        return;
     }
     __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
     for (i = 0; i + 8 <= n; i += 8) {
@@ -157,16 +172,16 @@ void ops_softmax_rows(ops_ctx *c, int64_t rows, int n, float *x, int64_t ld)
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if (rows * n > PAR_MIN)
     for (int64_t r = 0; r < rows; r++)
-        softmax_row(x + r * ld, n, NULL);
+        softmax_row(x + r * ld, n, NULL, NULL);
 }
 
-void ops_softmax_rows_bf16(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, uint16_t *y,
-                           int64_t ldy)
+void ops_softmax_rows_unnorm(ops_ctx *c, int64_t rows, int n, float *x, int64_t ldx, uint16_t *y,
+                             int64_t ldy, float *inv_sum)
 {
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if (rows * n > PAR_MIN)
     for (int64_t r = 0; r < rows; r++)
-        softmax_row((float *)x + r * ldx, n, y + r * ldy);
+        softmax_row(x + r * ldx, n, y ? y + r * ldy : NULL, &inv_sum[r]);
 }
 
 void ops_rows_to_bf16(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, uint16_t *y)
