@@ -6,6 +6,7 @@
 # Needs: $HADM_BIN (the hadm binary), $HADM_GOLDEN_DIR (default
 # ../shared/golden from the source root), python3 (standard library only).
 set -u
+source "$(dirname "$0")/lib.sh"
 
 SRC_DIR=${HADM_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 GOLDEN=${HADM_GOLDEN_DIR:-$SRC_DIR/../shared/golden}
@@ -13,17 +14,8 @@ BIN=${HADM_BIN:-$SRC_DIR/build/hadm}
 BOX_TOL=0.05
 SCORE_TOL=1e-4
 
-PASSED=0
-FAILED=0
 T=$(mktemp -d "${TMPDIR:-/tmp}/hadm-test-cli.XXXXXX")
 trap 'rm -rf "$T"' EXIT
-
-pass() { PASSED=$((PASSED + 1)); echo "ok   $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL $1"; }
-check() { # check NAME COMMAND...: passes when the command succeeds
-    local name=$1; shift
-    if "$@"; then pass "$name"; else fail "$name"; fi
-}
 
 # ---- helpers in python (standard library only) ------------------------------
 cat >"$T/util.py" <<'PYEOF'
@@ -215,7 +207,7 @@ run_ok() {
 if [ ! -x "$BIN" ]; then
     echo "hadm binary not found: $BIN (set HADM_BIN)"
     fail "binary"
-    echo "$PASSED passed, $FAILED failed"
+    finish
     exit 1
 fi
 
@@ -419,5 +411,4 @@ rc=$?
 check "--help exits 0 and lists the flags" bash -c \
     "[ $rc -eq 0 ] && grep -q -- '--channel-order' '$T/out' && grep -q -- '--annotate' '$T/out'"
 
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
+finish

@@ -5,6 +5,7 @@
 # dribble, SIGTERM while a batch gathers, and a full or unwritable disk.
 # Needs: $HADM_BIN, $HADM_GOLDEN_DIR, curl, python3 (standard library only).
 set -u
+source "$(dirname "$0")/lib.sh"
 
 SRC_DIR=${HADM_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 GOLDEN=${HADM_GOLDEN_DIR:-$SRC_DIR/../shared/golden}
@@ -12,8 +13,6 @@ BIN=${HADM_BIN:-$SRC_DIR/build/hadm}
 PY="python3 $SRC_DIR/tests/server/client.py"
 FAULTS="python3 $SRC_DIR/tests/server/faults.py"
 IMG=$GOLDEN/tiny-global/landscape_640x427.jpg
-PASSED=0
-FAILED=0
 T=$(mktemp -d "${TMPDIR:-/tmp}/hadm-test-faults.XXXXXX")
 PID=""
 URL=""
@@ -32,12 +31,6 @@ cleanup() { stop_server KILL; rm -rf "$T"; }
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
-pass() { PASSED=$((PASSED + 1)); echo "ok   $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL $1"; }
-check() { local name=$1; shift; if "$@"; then pass "$name"; else fail "$name"; fi; }
-expect() { if [ "$2" = "$3" ]; then pass "$1"; else fail "$1 (got $3, expected $2)"; fi; }
-note() { echo "     $*"; }
-
 # start_server [--ulimit-v KB] ARGS...
 start_server() {
     local lim=""
@@ -46,9 +39,7 @@ start_server() {
     ( [ -n "$lim" ] && ulimit -v "$lim"; exec "$BIN" serve --host 127.0.0.1 --port 0 --port-file "$T/port" --threads 1 "$@" ) \
         2>>"$T/server.log" &
     PID=$!
-    for _ in $(seq 1 200); do [ -s "$T/port" ] && break; kill -0 "$PID" 2>/dev/null || break; sleep 0.05; done
-    [ -s "$T/port" ] || { echo "server did not start: $*"; tail -5 "$T/server.log"; PID=""; return 1; }
-    URL="http://127.0.0.1:$(cat "$T/port")"
+    server_started "$@"
 }
 req() { local out=$1; shift; curl -s --max-time 60 -o "$out" -D "$out.h" -w '%{http_code}' "$@"; }
 detect() { req "$1" -F "file=@$IMG" "$URL/api/v1/detect?mode=$2"; }
@@ -239,5 +230,4 @@ else
     echo "skip quantize: not in this build"
 fi
 
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
+finish

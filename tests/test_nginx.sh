@@ -10,6 +10,7 @@
 # HADM_NGINX_REQUESTS / HADM_NGINX_CLIENTS size the run (default 120 / 8);
 # HADM_NGINX_KEEP=DIR keeps the logs (instances, nginx, load) there.
 set -u
+source "$(dirname "$0")/lib.sh"
 
 SRC_DIR=${HADM_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 GOLDEN=${HADM_GOLDEN_DIR:-$SRC_DIR/../shared/golden}
@@ -22,8 +23,6 @@ REQUESTS=${HADM_NGINX_REQUESTS:-120}
 CLIENTS=${HADM_NGINX_CLIENTS:-8}
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-PASSED=0
-FAILED=0
 T=$(mktemp -d "${TMPDIR:-/tmp}/hadm-test-nginx.XXXXXX")
 # Run as root, nginx's workers drop to `nobody` and must reach their temp dirs.
 chmod 755 "$T"
@@ -42,10 +41,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
-pass() { PASSED=$((PASSED + 1)); echo "ok   $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL $1"; }
-check() { local name=$1; shift; if "$@"; then pass "$name"; else fail "$name"; fi; }
-expect() { if [ "$2" = "$3" ]; then pass "$1"; else fail "$1 (got $3, expected $2)"; fi; }
 req() { local out=$1; shift; curl -s --max-time 30 -o "$out" -D "$out.h" -w '%{http_code}' "$@"; }
 
 for f in "$L" "$IMG" "$CONF"; do
@@ -63,13 +58,6 @@ start_instance() {
     "$BIN" serve --host 127.0.0.1 --port "${PORT[$1]}" --local "$L" --threads 1 \
         --max-batch 2 --max-queue 3 --url-allow 127.0.0.1 2>>"$T/$1.log" &
     PID[$1]=$!
-}
-wait_ready() { # wait_ready URL SECONDS
-    for _ in $(seq 1 $(($2 * 20))); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "$1/ready")" = 200 ] && return 0
-        sleep 0.05
-    done
-    return 1
 }
 metric() { # metric NAME PORT: the value of one hadm-l series on an instance
     curl -s --max-time 2 "http://127.0.0.1:$2/metrics" | awk -v m="$1{model=\"hadm-l\"}" '$1 == m {print $2}'
@@ -95,7 +83,7 @@ check "control routes have their own location, never resent once sent (no non_id
 # ---- three instances behind nginx --------------------------------------------------------
 for i in a b c; do PORT[$i]=$(free_port); start_instance $i; done
 for i in a b c; do
-    check "instance $i ready on port ${PORT[$i]}" wait_ready "http://127.0.0.1:${PORT[$i]}" 30
+    check "instance $i ready on port ${PORT[$i]}" wait_ready "http://127.0.0.1:${PORT[$i]}" 600
 done
 curl -s "http://127.0.0.1:${PORT[a]}/metrics" >"$T/metrics"
 for name in $(cat "$SRC_DIR/deploy/README.md" "$SRC_DIR/deploy/k8s-hpa.yaml" | grep -o 'hadm_[a-z_]*' | sort -u); do
@@ -114,7 +102,7 @@ expect "test config differs from deploy/nginx.conf in 4 address lines only" 4 "$
     2>>"$T/nginx/stderr.log" &
 NGINX_PID=$!
 LB="http://127.0.0.1:$LB_PORT"
-check "nginx answers /ready" wait_ready "$LB" 10
+check "nginx answers /ready" wait_ready "$LB"
 
 expect "/health through nginx 200" 200 "$(req "$T/h" "$LB/health")"
 check "/health through nginx is hadm's" grep -q '"hadm-l"' "$T/h"
@@ -169,7 +157,7 @@ expect "instance c: SIGTERM, exit 0 after draining" 0 $?
 inflight_c=$(sed -n 's/.*"shutting_down".*"in_flight":\([0-9]*\).*/\1/p' "$T/c.log" | head -1)
 echo "injected: SIGTERM to instance c (port ${PORT[c]}) after $TERM_AT requests, while busy: $busy_c, requests in flight: ${inflight_c:-?}; restarted on the same port"
 start_instance c
-check "instance c ready again" wait_ready "http://127.0.0.1:${PORT[c]}" 30
+check "instance c ready again" wait_ready "http://127.0.0.1:${PORT[c]}" 600
 
 wait "$LOAD_PID"
 LOAD_RC=$?
@@ -208,5 +196,4 @@ for i in a c; do
     unset "PID[$i]"
 done
 
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
+finish

@@ -7,6 +7,7 @@
 # time key compare is tests/test_auth_limits.c.)
 # Needs: $HADM_BIN, $HADM_GOLDEN_DIR, curl, python3 (standard library only).
 set -u
+source "$(dirname "$0")/lib.sh"
 
 SRC_DIR=${HADM_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 GOLDEN=${HADM_GOLDEN_DIR:-$SRC_DIR/../shared/golden}
@@ -14,28 +15,14 @@ BIN=${HADM_BIN:-$SRC_DIR/build/hadm}
 FAULTS="python3 $SRC_DIR/tests/server/faults.py"
 IMG=$GOLDEN/tiny-global/landscape_640x427.jpg
 KEY="k3y-$$-$RANDOM$RANDOM"
-PASSED=0
-FAILED=0
 T=$(mktemp -d "${TMPDIR:-/tmp}/hadm-test-security.XXXXXX")
 PID=""
 HELPER=""
 cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; [ -n "$HELPER" ] && kill "$HELPER" 2>/dev/null; rm -rf "$T"; }
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
-pass() { PASSED=$((PASSED + 1)); echo "ok   $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL $1"; }
-check() { local name=$1; shift; if "$@"; then pass "$name"; else fail "$name"; fi; }
-expect() { if [ "$2" = "$3" ]; then pass "$1"; else fail "$1 (got $3, expected $2)"; fi; }
 
-start_server() {
-    rm -f "$T/port"
-    "$BIN" serve --host 127.0.0.1 --port 0 --port-file "$T/port" --threads 1 "$@" 2>>"$T/server.log" &
-    PID=$!
-    for _ in $(seq 1 200); do [ -s "$T/port" ] && break; kill -0 "$PID" 2>/dev/null || break; sleep 0.05; done
-    [ -s "$T/port" ] || { echo "server did not start"; tail -5 "$T/server.log"; exit 1; }
-    URL="http://127.0.0.1:$(cat "$T/port")"
-    for _ in $(seq 1 200); do [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/ready")" = 200 ] && break; sleep 0.05; done
-}
+start_server() { launch_server --threads 1 "$@" || exit 1; wait_ready "$URL"; }
 stop_server() { kill -TERM "$PID"; wait "$PID"; SERVER_RC=$?; PID=""; }
 # req [curl args...]: prints the status; keeps every body and header block in $T/pages
 # (numbered through a file: req mostly runs in a command substitution's subshell)
@@ -134,5 +121,4 @@ expect "a redirect to the metadata address is not followed -> 502" 502 "$code"
 check "the 502 says redirects are not followed" grep -q "not followed" "$(last)"
 stop_server
 
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
+finish

@@ -5,6 +5,7 @@
 # Needs: $HADM_BIN, $HADM_GOLDEN_DIR (default ../shared/golden from the source
 # root), curl, python3 (standard library only).
 set -u
+source "$(dirname "$0")/lib.sh"
 
 SRC_DIR=${HADM_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 GOLDEN=${HADM_GOLDEN_DIR:-$SRC_DIR/../shared/golden}
@@ -15,8 +16,6 @@ G=$GOLDEN/tiny-global/model.safetensors
 IMG=$GOLDEN/tiny-local/test6.jpeg
 IMG2=$GOLDEN/tiny-global/landscape_640x427.jpg
 
-PASSED=0
-FAILED=0
 T=$(mktemp -d "${TMPDIR:-/tmp}/hadm-test-server.XXXXXX")
 PID=""
 URL=""
@@ -36,16 +35,6 @@ cleanup() { stop_server KILL; for p in $FETCH_PIDS; do kill "$p" 2>/dev/null; do
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
-pass() { PASSED=$((PASSED + 1)); echo "ok   $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL $1"; }
-check() { # check NAME COMMAND...: passes when the command succeeds
-    local name=$1; shift
-    if "$@"; then pass "$name"; else fail "$name"; fi
-}
-expect() { # expect NAME WANT GOT
-    if [ "$2" = "$3" ]; then pass "$1"; else fail "$1 (got $3, expected $2)"; fi
-}
-
 for f in "$L" "$G" "$IMG" "$IMG2"; do
     [ -r "$f" ] || { echo "FAIL missing golden file $f (HADM_GOLDEN_DIR=$GOLDEN)"; exit 1; }
 done
@@ -59,24 +48,13 @@ start_server() {
     env "${SERVER_ENV[@]}" "$BIN" serve --host 127.0.0.1 --port 0 --port-file "$T/port" "$@" \
         2>>"$T/server.log" &
     PID=$!
-    for _ in $(seq 1 200); do [ -s "$T/port" ] && break; kill -0 "$PID" 2>/dev/null || break; sleep 0.05; done
-    if [ ! -s "$T/port" ]; then
-        echo "server did not start: $*"; tail -5 "$T/server.log"; PID=""; return 1
-    fi
-    URL="http://127.0.0.1:$(cat "$T/port")"
+    server_started "$@"
 }
 
 # req OUT [curl args...]: prints the status; body in OUT, headers in OUT.h
 req() {
     local out=$1; shift
     curl -s --max-time 60 -o "$out" -D "$out.h" -w '%{http_code}' "$@"
-}
-wait_ready() { # wait_ready SECONDS
-    for _ in $(seq 1 $(($1 * 20))); do
-        [ "$(req "$T/r" "$URL/ready")" = 200 ] && return 0
-        sleep 0.05
-    done
-    return 1
 }
 
 # ---- inputs -------------------------------------------------------------------
@@ -100,7 +78,7 @@ grep -q -- "--batch-timeout-ms" "$T/help"; expect "--help lists the flags" 0 $?
 start_server --local "$L" --global "$G" --max-body-mb 2 || exit 1
 expect "/health 200" 200 "$(req "$T/h" "$URL/health")"
 check "/health lists model states" $PY field "$T/h" "sorted(d['models'])" "['hadm-g', 'hadm-l']"
-check "/ready turns 200" wait_ready 10
+check "/ready turns 200" wait_ready "$URL"
 
 expect "detect 200" 200 "$(req "$T/d_both" -F "file=@$IMG" "$URL/api/v1/detect")"
 check "detect fields in DESIGN.md order" $PY order "$T/d_both"
@@ -209,7 +187,7 @@ check "503 says why" grep -q "HADM-L is not loaded" "$T/e"
 expect "detect global still 200" 200 "$(req "$T/e" -F "file=@$IMG" "$URL/api/v1/detect?mode=global")"
 expect "/ready 503 with HADM-L unloaded" 503 "$(req "$T/e" "$URL/ready")"
 expect "load_l 200" 200 "$(req "$T/s" -X POST "$URL/api/control/load_l")"
-check "/ready 200 after load_l" wait_ready 10
+check "/ready 200 after load_l" wait_ready "$URL"
 expect "detect local after reload 200" 200 "$(req "$T/d_again" -F "file=@$IMG" "$URL/api/v1/detect?mode=local")"
 check "reloaded model gives the same answer" $PY same "$T/d_again" "$T/d_local"
 expect "unknown control action -> 404" 404 "$(req "$T/s" -X POST "$URL/api/control/explode")"
@@ -228,7 +206,7 @@ SERVER_ENV=(HADM_API_KEY=secret-three)
 start_server --local "$L" --api-key secret-one --api-key-file "$T/keys" \
     --cors-origin https://ui.example --url-allow images.example || exit 1
 SERVER_ENV=()
-wait_ready 10
+wait_ready "$URL"
 expect "auth: /health without key 200" 200 "$(req "$T/s" "$URL/health")"
 expect "auth: /ready without key 200" 200 "$(req "$T/s" "$URL/ready")"
 expect "auth: /v2/health/live without key 200" 200 "$(req "$T/s" "$URL/v2/health/live")"
@@ -277,7 +255,7 @@ check "queue full 503 has Retry-After" grep -qi "^Retry-After:" "$T/e.h"
 check "queue full says so" grep -q "queue full" "$T/e"
 wait $W2
 expect "deadline passed while waiting -> 504" 504 "$(cat "$T/w2.code")"
-check "/ready 200 after the slowed load" wait_ready 10
+check "/ready 200 after the slowed load" wait_ready "$URL"
 wait $W1
 expect "request waiting for the load -> 200" 200 "$(cat "$T/w1.code")"
 stop_server TERM
@@ -335,12 +313,12 @@ stop_server TERM
 # ---- truncated JPEGs: 400 by default, decoded with --allow-truncated (as the original) -----
 python3 -c "import sys; d=open(sys.argv[1],'rb').read(); open(sys.argv[2],'wb').write(d[:len(d)//2])" "$IMG2" "$T/half.jpg"
 start_server --local "$L" || exit 1
-check "/ready" wait_ready 10
+check "/ready" wait_ready "$URL"
 expect "JPEG cut in its data -> 400" 400 "$(req "$T/e" -F "file=@$T/half.jpg" "$URL/api/v1/detect?mode=local")"
 check "the 400 says how to accept it" grep -q "allow-truncated" "$T/e"
 stop_server TERM
 start_server --local "$L" --allow-truncated || exit 1
-check "/ready (--allow-truncated)" wait_ready 10
+check "/ready (--allow-truncated)" wait_ready "$URL"
 expect "--allow-truncated: JPEG cut in its data -> 200" 200 "$(req "$T/e" -F "file=@$T/half.jpg" "$URL/api/v1/detect?mode=local")"
 stop_server TERM
 
@@ -370,7 +348,7 @@ if [ -z "$WWW_PORT" ] || [ -z "$MUTE_PORT" ]; then
     fail "detect-url: helper servers did not start"
 else
     start_server --local "$L" --max-body-mb 2 --url-allow 127.0.0.1 --url-allow files.example.invalid || exit 1
-    check "detect-url: /ready" wait_ready 10
+    check "detect-url: /ready" wait_ready "$URL"
     expect "detect-url image -> 200" 200 "$(url_req "$T/u_img" "$WWW/img.jpg")"
     expect "same image uploaded -> 200" 200 "$(req "$T/u_up" -F "file=@$IMG2" "$URL/api/v1/detect?mode=local")"
     check "detect-url equals the multipart upload" $PY same "$T/u_img" "$T/u_up"
@@ -394,7 +372,7 @@ else
 
     # a host name that is allowed, but resolves to loopback: refused unless 127.0.0.1 is listed
     start_server --local "$L" --url-allow localhost || exit 1
-    check "detect-url (localhost allowed): /ready" wait_ready 10
+    check "detect-url (localhost allowed): /ready" wait_ready "$URL"
     expect "detect-url 127.0.0.1 when only localhost is allowed -> 403" 403 "$(url_req "$T/e" "$WWW/img.jpg")"
     expect "detect-url localhost resolving to loopback -> 403" 403 "$(url_req "$T/e" "http://localhost:$WWW_PORT/img.jpg")"
     check "the 403 names the private address" grep -q "private, loopback" "$T/e"
@@ -406,15 +384,14 @@ mkdir -p "$T/empty_cwd"
 rm -f "$T/port"
 (cd "$T/empty_cwd" && exec env -u HADM_MODELS "$BIN" serve --port 0 --port-file "$T/port" 2>"$T/demo.log") &
 PID=$!
-for _ in $(seq 1 200); do [ -s "$T/port" ] && break; sleep 0.05; done
+wait_port_file "$T/port" "$PID"
 URL="http://127.0.0.1:$(cat "$T/port" 2>/dev/null)"
 check "demo: loud warning" grep -q "DEMO" "$T/demo.log"
-check "demo: models become ready" wait_ready 30
+check "demo: models become ready" wait_ready "$URL" 600
 req "$T/s" "$URL/models/status" >/dev/null
 check "demo: status names the demo source" grep -q "demo" "$T/s"
 expect "demo: detect works" 200 "$(req "$T/s" -F "file=@$IMG2" "$URL/api/v1/detect")"
 stop_server TERM
 expect "demo: SIGTERM exit 0" 0 "$SERVER_RC"
 
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
+finish

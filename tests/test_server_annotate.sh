@@ -7,6 +7,7 @@
 # file `hadm detect --annotate --annotate-format png` writes.
 # Needs: $HADM_BIN, $HADM_GOLDEN_DIR, curl, python3 (standard library only).
 set -u
+source "$(dirname "$0")/lib.sh"
 
 SRC_DIR=${HADM_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 GOLDEN=${HADM_GOLDEN_DIR:-$SRC_DIR/../shared/golden}
@@ -14,8 +15,6 @@ BIN=${HADM_BIN:-$SRC_DIR/build/hadm}
 G=$GOLDEN/tiny-global/model.safetensors
 IMG=$GOLDEN/tiny-global/landscape_640x427.jpg   # 640x427: small, so model runs stay cheap
 
-PASSED=0
-FAILED=0
 T=$(mktemp -d "${TMPDIR:-/tmp}/hadm-test-annot.XXXXXX")
 PID=""
 cleanup() {
@@ -24,11 +23,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
-
-pass() { PASSED=$((PASSED + 1)); echo "ok   $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL $1"; }
-check() { local name=$1; shift; if "$@"; then pass "$name"; else fail "$name"; fi; }
-expect() { if [ "$2" = "$3" ]; then pass "$1"; else fail "$1 (got $3, expected $2)"; fi; }
 
 for f in "$G" "$IMG"; do
     [ -r "$f" ] || { echo "FAIL missing golden file $f (HADM_GOLDEN_DIR=$GOLDEN)"; exit 1; }
@@ -118,12 +112,8 @@ req() { local out=$1; shift; curl -s --max-time 120 -o "$out" -D "$out.h" -w '%{
 # HADM-G only: model runs are what this test spends (the pixels of both
 # kinds of boxes are test_annotate's). Accept negotiation in detail is there
 # too (annot_accept_image).
-"$BIN" serve --host 127.0.0.1 --port 0 --port-file "$T/port" --global "$G" 2>"$T/server.log" &
-PID=$!
-for _ in $(seq 1 200); do [ -s "$T/port" ] && break; kill -0 "$PID" 2>/dev/null || break; sleep 0.05; done
-[ -s "$T/port" ] || { echo "FAIL server did not start"; tail -5 "$T/server.log"; exit 1; }
-URL="http://127.0.0.1:$(cat "$T/port")"
-for _ in $(seq 1 600); do [ "$(req "$T/r" "$URL/ready")" = 200 ] && break; sleep 0.05; done
+launch_server --global "$G" || exit 1
+wait_ready "$URL" 600
 
 D="$URL/api/v1/detect"
 expect "?annotate=1 -> 200" 200 "$(req "$T/a.jpg" -F "file=@$IMG" "$D?annotate=1&mode=global")"
@@ -170,5 +160,4 @@ grep -q "ERROR: \(Address\|Leak\)Sanitizer\|runtime error" "$T/server.log" && fa
 expect "hadm detect --annotate exits 0" 0 $?
 check "server PNG == hadm detect --annotate PNG" cmp -s "$T/b.png" "$T/cli/landscape_640x427.png"
 
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
+finish

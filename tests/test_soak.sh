@@ -6,6 +6,7 @@
 # server's, 503 comes only from a full queue, RSS stays flat.
 # Needs: $HADM_BIN, $HADM_GOLDEN_DIR, curl, python3 (standard library only).
 set -u
+source "$(dirname "$0")/lib.sh"
 
 SRC_DIR=${HADM_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 GOLDEN=${HADM_GOLDEN_DIR:-$SRC_DIR/../shared/golden}
@@ -14,25 +15,17 @@ SECONDS_=${HADM_SOAK_SECONDS:-60}
 IMG=$GOLDEN/tiny-global/landscape_640x427.jpg
 KEY=soak-key-$$-$RANDOM
 RSS_BOUND_MIB=24   # growth allowed between the first and last third of the run
-PASSED=0
-FAILED=0
 T=$(mktemp -d "${TMPDIR:-/tmp}/hadm-test-soak.XXXXXX")
 PID=""
 cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; rm -rf "$T"; }
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
-pass() { PASSED=$((PASSED + 1)); echo "ok   $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL $1"; }
-check() { local name=$1; shift; if "$@"; then pass "$name"; else fail "$name"; fi; }
 
 [ -x "$BIN" ] && [ -r "$IMG" ] || { echo "FAIL need $BIN and $IMG"; exit 1; }
 head -c 3000 "$IMG" >"$T/corrupt.jpg"
-"$BIN" serve --host 127.0.0.1 --port 0 --port-file "$T/port" --local "$GOLDEN/tiny-local/model.safetensors" \
-    --threads 1 --api-key "$KEY" --max-queue 2 --max-batch 2 --max-body-mb 1 2>"$T/server.log" &
-PID=$!
-for _ in $(seq 1 200); do [ -s "$T/port" ] && break; sleep 0.05; done
-URL="http://127.0.0.1:$(cat "$T/port")"
-for _ in $(seq 1 200); do [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/ready")" = 200 ] && break; sleep 0.05; done
+launch_server --local "$GOLDEN/tiny-local/model.safetensors" \
+    --threads 1 --api-key "$KEY" --max-queue 2 --max-batch 2 --max-body-mb 1 || exit 1
+wait_ready "$URL"
 
 python3 "$SRC_DIR/tests/server/soak.py" "$URL" "$KEY" "$IMG" "$T/corrupt.jpg" "$SECONDS_" | tee "$T/out"
 S=$(sed -n 's/^SOAK //p' "$T/out")
@@ -61,5 +54,4 @@ rc=$?
 PID=""
 check "SIGTERM after the soak: exit 0" test "$rc" = 0
 check "the key never reached the log" bash -c "! grep -qF '$KEY' '$T/server.log'"
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
+finish

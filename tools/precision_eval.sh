@@ -3,7 +3,7 @@
 # against f32, over a varied image set.
 #
 # usage: tools/precision_eval.sh [--models "L:path G:path ..."] [--precisions "bf16 int8"]
-#                                [--images DIR | --count N] [--hadm BIN] [--iou T]
+#                                [--images DIR | --count N] [--hadm BIN] [--iou T] [--min-score S]
 #
 #   --models      models to evaluate, each VARIANT:PATH (L = HADM-L, run with
 #                 --local; G = HADM-G, --global); paths without spaces.
@@ -17,6 +17,9 @@
 #   --hadm        the hadm binary (default build/hadm); hadm-eval-images is
 #                 taken from the same directory (or $HADM_EVAL_IMAGES).
 #   --iou         IoU a match needs (default 0.9, as tools/compare_dets.py).
+#   --min-score   count only reference detections scoring >= S (default 0: all;
+#                 random-weight models give many low, near-tied scores whose
+#                 order any rounding changes).
 #
 # For each model: one f32 run over the images (the reference), one run per
 # candidate precision, compared by tools/compare_dets.py (same class, IoU >= T,
@@ -34,6 +37,7 @@ IMAGES=""
 COUNT=16
 HADM=$ROOT/build/hadm
 IOU=0.9
+MIN_SCORE=0
 
 die() {
     echo "precision_eval: $*" >&2
@@ -54,6 +58,7 @@ while [ $# -gt 0 ]; do
         --count) COUNT=$2 ;;
         --hadm) HADM=$2 ;;
         --iou) IOU=$2 ;;
+        --min-score) MIN_SCORE=$2 ;;
         *) usage "unknown option: $1" ;;
     esac
     shift 2
@@ -141,7 +146,7 @@ NIMG=$(find "$IMAGES" -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.
 elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
 ROW='%-16s %-3s %-5s %8s %8s %7s %10s %7s %7s\n'
-echo "$NIMG images in $IMAGES; a reference (f32) detection is matched by one of the same class with IoU >= $IOU"
+echo "$NIMG images in $IMAGES; a reference (f32) detection (score >= $MIN_SCORE) is matched by one of the same class with IoU >= $IOU"
 # shellcheck disable=SC2059  # ROW is this script's own format
 printf "$ROW" model var prec ref_dets matched share% max_sdiff f32_s prec_s
 : >"$TMP/rows"
@@ -161,7 +166,7 @@ for spec in "${SPECS[@]}"; do
         start=$(date +%s.%N)
         run "$HADM" detect "$flag" "$path" --precision "$prec" --format json "$IMAGES" >"$cand"
         prec_s=$(elapsed "$start")
-        run "$PY" "$ROOT/tools/compare_dets.py" "$ref" "$cand" --iou "$IOU" --json >"$TMP/cmp.json"
+        run "$PY" "$ROOT/tools/compare_dets.py" "$ref" "$cand" --iou "$IOU" --min-score "$MIN_SCORE" --json >"$TMP/cmp.json"
         fields=$("$PY" -c 'import json, sys
 d = json.load(open(sys.argv[1]))
 print(d["reference_detections"], d["matched"], d["max_score_diff"])' "$TMP/cmp.json")

@@ -107,6 +107,7 @@ static hadm_status heads(struct hadm_model *m, ops_ctx *c, job *j, const float *
     if ((s = roi_heads_forward(m, c, &b->maps, &j->g, b->proposals, R, b->scores, b->boxes, t, err)))
         return s;
     ops_scratch_release(c);
+    model_release_conv_sources(m);
     tm->roi_heads = hadm_now() - t1, t1 = hadm_now();
     if ((s = postprocess_detections(&m->cfg, b->scores, b->boxes, R, &j->g, j->res, t, err)))
         return s;

@@ -385,6 +385,25 @@ hadm_status model_pack_heads(const struct hadm_model *cm, ops_ctx *ctx, hadm_err
     return s;
 }
 
+void model_release_conv_sources(const struct hadm_model *m)
+{
+    const hadm_config *cfg = &m->cfg;
+    const hadm_weights *w = &m->w;
+    size_t F = (size_t)cfg->fpn_channels, conv = F * F * 9 * sizeof(float);
+    const conv_ln_w *outs[4] = {&w->p2_out, &w->p3_out, &w->p4_out, &w->p5_out};
+    for (int i = 0; i < 4; i++)
+        st_release_pages(m->file, outs[i]->w, conv);
+    for (int i = 0; i < cfg->rpn_convs; i++) {
+        size_t in = i ? (size_t)cfg->rpn_conv_dims[i - 1] : F;
+        st_release_pages(m->file, w->rpn_conv[i].w, (size_t)cfg->rpn_conv_dims[i] * in * 9 * sizeof(float));
+    }
+    for (int s = 0; s < cfg->num_stages; s++)
+        for (int k = 0; k < cfg->box_convs; k++) {
+            size_t in = k ? (size_t)cfg->box_conv_dims[k - 1] : F;
+            st_release_pages(m->file, w->stage[s].conv[k].w, (size_t)cfg->box_conv_dims[k] * in * 9 * sizeof(float));
+        }
+}
+
 static void unpack_all(struct hadm_model *m)
 {
     for (int s = 0; s < CFG_MAX_STAGES; s++)

@@ -102,6 +102,12 @@ hadm_status model_pack_block(const struct hadm_model *m, int i, ops_ctx *c, hadm
  * stage: the largest outside the ViT). */
 hadm_status model_pack_heads(const struct hadm_model *m, ops_ctx *c, hadm_error *err);
 
+/* Drops the mapped pages of the 3x3 convolution weights: after a forward
+ * every context that ran it holds them packed in its primitive cache, so
+ * the file's copy only costs memory (a context made later faults the pages
+ * back in from the page cache). */
+void model_release_conv_sources(const struct hadm_model *m);
+
 /* Borrow / return an execution context (thread-safe). */
 hadm_status model_ctx_acquire(struct hadm_model *m, ops_ctx **out, hadm_error *err);
 void model_ctx_release(struct hadm_model *m, ops_ctx *c);
