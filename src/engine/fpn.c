@@ -61,12 +61,14 @@ static hadm_status conv_transpose2x2(ops_ctx *c, const float *x, int H, int W, i
                 dst[o] = src[o * 4 + d] + l->b[o];
         }
     }
+    ops_scratch_free(c, BUF_UP);
     return HADM_OK;
 }
 
 /* 1x1 conv + LN2d, then 3x3 conv + LN2d: the tail shared by all branches. */
-static hadm_status lateral_output(ops_ctx *c, const hadm_config *cfg, const float *x, int H, int W,
-                                  int Cin, const conv_ln_w *lat, const conv_ln_w *out, float *dst,
+/* x_slot: the scratch slot holding x (freed once read), or -1. */
+static hadm_status lateral_output(ops_ctx *c, const hadm_config *cfg, const float *x, int x_slot, int H,
+                                  int W, int Cin, const conv_ln_w *lat, const conv_ln_w *out, float *dst,
                                   hadm_error *err)
 {
     int F = cfg->fpn_channels;
@@ -79,6 +81,7 @@ static hadm_status lateral_output(ops_ctx *c, const hadm_config *cfg, const floa
     hadm_status s = ops_matmul(c, &g, err);
     if (s)
         return s;
+    ops_scratch_free(c, x_slot);
     ops_layernorm(c, P, F, mid, F, lat->g, lat->b, cfg->fpn_eps, mid, F);
     ops_conv conv = {.N = 1, .H = H, .W = W, .Cin = F, .Cout = F, .kh = 3, .kw = 3, .stride = 1,
                      .pad = 1, .x = mid, .w = out->w, .y = dst};
@@ -104,7 +107,8 @@ static hadm_status branch_p2(const struct hadm_model *m, ops_ctx *c, const float
     ops_gelu_erf(c, a, (int64_t)4 * G * G * D / 2);
     if ((s = conv_transpose2x2(c, a, 2 * G, 2 * G, D / 2, &m->w.p2_up1, D / 4, b, err)))
         return s;
-    return lateral_output(c, cfg, b, 4 * G, 4 * G, D / 4, &m->w.p2_lat, &m->w.p2_out, dst, err);
+    ops_scratch_free(c, BUF_MAP_A);
+    return lateral_output(c, cfg, b, BUF_MAP_B, 4 * G, 4 * G, D / 4, &m->w.p2_lat, &m->w.p2_out, dst, err);
 }
 
 static hadm_status branch_p3(const struct hadm_model *m, ops_ctx *c, const float *x, float *dst,
@@ -118,7 +122,7 @@ static hadm_status branch_p3(const struct hadm_model *m, ops_ctx *c, const float
     hadm_status s = conv_transpose2x2(c, x, G, G, D, &m->w.p3_up0, D / 2, a, err);
     if (s)
         return s;
-    return lateral_output(c, cfg, a, 2 * G, 2 * G, D / 2, &m->w.p3_lat, &m->w.p3_out, dst, err);
+    return lateral_output(c, cfg, a, BUF_MAP_A, 2 * G, 2 * G, D / 2, &m->w.p3_lat, &m->w.p3_out, dst, err);
 }
 
 static hadm_status branch_p5(const struct hadm_model *m, ops_ctx *c, const float *x, float *dst,
@@ -139,7 +143,7 @@ static hadm_status branch_p5(const struct hadm_model *m, ops_ctx *c, const float
                 o[d] = m0 > m1 ? m0 : m1;
             }
         }
-    return lateral_output(c, cfg, a, H, H, D, &m->w.p5_lat, &m->w.p5_out, dst, err);
+    return lateral_output(c, cfg, a, BUF_MAP_A, H, H, D, &m->w.p5_lat, &m->w.p5_out, dst, err);
 }
 
 static void subsample2(const float *src, int H, int W, int C, float *dst, int Ho, int Wo)
@@ -157,9 +161,15 @@ hadm_status fpn_forward(const struct hadm_model *m, ops_ctx *c, const float *tok
     const hadm_config *cfg = &m->cfg;
     int G = cfg->img_size / cfg->patch;
     hadm_status s;
-    if ((s = branch_p2(m, c, tokens, maps->map[0], err)) ||
-        (s = branch_p3(m, c, tokens, maps->map[1], err)) ||
-        (s = lateral_output(c, cfg, tokens, G, G, cfg->embed_dim, &m->w.p4_lat, &m->w.p4_out,
+    /* each branch's buffers are returned before the next: the 256x256 maps
+     * of P2 were the peak of the whole forward */
+    if ((s = branch_p2(m, c, tokens, maps->map[0], err)))
+        return s;
+    ops_scratch_release(c);
+    if ((s = branch_p3(m, c, tokens, maps->map[1], err)))
+        return s;
+    ops_scratch_release(c);
+    if ((s = lateral_output(c, cfg, tokens, -1, G, G, cfg->embed_dim, &m->w.p4_lat, &m->w.p4_out,
                             maps->map[2], err)) ||
         (s = branch_p5(m, c, tokens, maps->map[3], err)))
         return s;

@@ -153,6 +153,9 @@ float *ops_scratch(ops_ctx *c, int slot, size_t nfloats);
  * each stage's buffers are then resident only while it runs, so peak memory
  * is the largest stage, not the sum of every stage's largest buffers. */
 void ops_scratch_release(ops_ctx *c);
+/* Returns one slot's memory (a stage's buffer that is dead before the stage
+ * ends). */
+void ops_scratch_free(ops_ctx *c, int slot);
 #define OPS_SCRATCH_SLOTS 8
 #define OPS_SCRATCH_ATTN 7   /* reserved for ops_attention */
 

@@ -113,6 +113,12 @@ float *ops_scratch(ops_ctx *c, int slot, size_t nfloats)
     return buffer_grow((void **)&c->slot[slot], &c->slot_cap[slot], nfloats * sizeof(float));
 }
 
+void ops_scratch_free(ops_ctx *c, int slot)
+{
+    if (slot >= 0 && slot < OPS_SCRATCH_SLOTS)
+        buffer_release((void **)&c->slot[slot], &c->slot_cap[slot]);
+}
+
 void ops_scratch_release(ops_ctx *c)
 {
     for (int i = 0; i < OPS_SCRATCH_SLOTS; i++)
