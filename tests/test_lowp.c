@@ -144,6 +144,40 @@ static void test_conv_int8(void)
     ops_ctx_free(q);
 }
 
+/* The attention's unnormalised softmax (AVX-512 where the CPU has it, AVX2
+ * otherwise, and the bf16-output path) against double precision, for row
+ * lengths around the vector widths and a 4096-key row. */
+static void test_softmax_unnorm(ops_ctx *c)
+{
+    static const int lens[] = {1, 7, 16, 17, 33, 196, 4096};
+    static float x[4096], keep[4096];
+    static uint16_t y[4096];
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        int n = lens[li];
+        for (int i = 0; i < n; i++)
+            keep[i] = x[i] = uniform() * 12.0f;
+        double mx = -INFINITY, sum = 0, worst = 0;
+        for (int i = 0; i < n; i++)
+            mx = keep[i] > mx ? keep[i] : mx;
+        for (int i = 0; i < n; i++)
+            sum += exp(keep[i] - mx);
+        float inv = 0, inv_b = 0;
+        ops_softmax_rows_unnorm(c, 1, n, x, n, NULL, n, &inv);
+        for (int i = 0; i < n; i++) {
+            double want = exp(keep[i] - mx);
+            worst = fabs(x[i] - want) > worst ? fabs(x[i] - want) : worst;
+        }
+        memcpy(x, keep, (size_t)n * sizeof *x);
+        ops_softmax_rows_unnorm(c, 1, n, x, n, y, n, &inv_b);
+        double worst_b = 0;
+        for (int i = 0; i < n; i++)
+            worst_b = fmax(worst_b, fabs(ops_bf16_to_f32(y[i]) - exp(keep[i] - mx)));
+        CHECK(worst < 1e-6 && fabs(inv * sum - 1) < 1e-6, "softmax n=%d: exp off by %.3g, 1/sum by %.3g%s", n,
+              worst, fabs(inv * sum - 1), ops_have_avx512() ? " (AVX-512)" : "");
+        CHECK(worst_b < 4e-3 && fabs(inv_b * sum - 1) < 1e-6, "bf16 softmax n=%d: off by %.3g", n, worst_b);
+    }
+}
+
 int main(void)
 {
     static float a[M * K], w[N * K], aq[M * K], wq[N * K], out[M * LDC], c0[M * LDC];
@@ -160,6 +194,7 @@ int main(void)
     hadm_error err = {0};
     CHECK(ops_ctx_new(2, &c, &err) == HADM_OK, "%s", err.msg);
     test_u8_rows(c, a);
+    test_softmax_unnorm(c);
     int8_operands(c, a, w, aq, wq);
     /* The S8 path quantises with 127 levels on CPUs without VNNI: then it
      * cannot equal the 255-level operands, only the f32 product. */

@@ -3,6 +3,10 @@
 #define HADM_OPS_CPU_H
 #include "ops/ops.h"
 
+/* Below this many elements, row kernels run on one thread: starting the
+ * others costs more than they save. */
+#define OPS_PAR_MIN 32768
+
 /* Applies the context's thread count to the calling thread's OpenMP teams. */
 void ops_ctx_enter(ops_ctx *c);
 
@@ -37,5 +41,8 @@ void *ops_conv_buffer(ops_ctx *c, size_t bytes);
  * into y (stride ldy) when y is not NULL; 1 / sum of the row in inv_sum[r]. */
 void ops_softmax_rows_unnorm(ops_ctx *c, int64_t rows, int n, float *x, int64_t ldx, uint16_t *y,
                              int64_t ldy, float *inv_sum);
+/* The same (f32 output only) with AVX-512 (softmax512.c), where the CPU has it. */
+int ops_have_avx512(void);
+void ops_softmax_rows_unnorm512(ops_ctx *c, int64_t rows, int n, float *x, int64_t ldx, float *inv_sum);
 
 #endif

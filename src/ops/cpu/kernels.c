@@ -8,7 +8,7 @@
 
 #include "ops/cpu/cpu.h"
 
-#define PAR_MIN 32768   /* below this many elements threads cost more than they save */
+#define PAR_MIN OPS_PAR_MIN
 
 /* exp(x) on 8 floats (libm's expf does not vectorise): x = n ln2 + r with
  * |r| <= ln2/2, e^r by its degree-7 Taylor series (truncation < 5e-9
@@ -178,6 +178,10 @@ void ops_softmax_rows(ops_ctx *c, int64_t rows, int n, float *x, int64_t ld)
 void ops_softmax_rows_unnorm(ops_ctx *c, int64_t rows, int n, float *x, int64_t ldx, uint16_t *y,
                              int64_t ldy, float *inv_sum)
 {
+    if (!y && ops_have_avx512()) {
+        ops_softmax_rows_unnorm512(c, rows, n, x, ldx, inv_sum);
+        return;
+    }
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if (rows * n > PAR_MIN)
     for (int64_t r = 0; r < rows; r++)

@@ -1,0 +1,68 @@
+/* The attention softmax (unnormalised: exp(x - max) and 1/sum) with 512-bit
+ * vectors, for CPUs that have AVX-512; the build floor is AVX2, so this file
+ * is compiled for AVX-512 function by function and chosen at run time. On
+ * the 4096-key rows of global attention it is a fifth of the attention's
+ * time in the AVX2 version. Same exp as kernels.c's exp8: degree-7 Taylor
+ * series on |r| <= ln2/2 (< 5e-9 relative), 2^n built in the exponent. */
+#include <immintrin.h>
+#include <math.h>
+
+#include "ops/cpu/cpu.h"
+
+#define AVX512 __attribute__((target("avx512f")))
+
+AVX512 static inline __m512 exp16(__m512 x)
+{
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    __m512 kf = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(1.428606765330187e-06f), r);
+    static const float c[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
+    __m512 p = _mm512_set1_ps(c[0]);
+    for (int i = 1; i < 8; i++)
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[i]));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(kf), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+AVX512 static void row(float *x, int n, float *inv_sum)
+{
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + i));
+    __mmask16 tail = (__mmask16)((1u << (n - i)) - 1);
+    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail, x + i));
+    __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), vsum = _mm512_setzero_ps();
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
+        _mm512_storeu_ps(x + i, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    if (tail) {
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, x + i), vm));
+        e = _mm512_maskz_mov_ps(tail, e);
+        _mm512_mask_storeu_ps(x + i, tail, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    *inv_sum = (float)(1.0 / (double)_mm512_reduce_add_ps(vsum));
+}
+
+int ops_have_avx512(void)
+{
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avx512f") != 0;
+    }
+    return have;
+}
+
+void ops_softmax_rows_unnorm512(ops_ctx *c, int64_t rows, int n, float *x, int64_t ldx, float *inv_sum)
+{
+    ops_ctx_enter(c);
+#pragma omp parallel for schedule(static) if (rows * n > OPS_PAR_MIN)
+    for (int64_t r = 0; r < rows; r++)
+        row(x + r * ldx, n, &inv_sum[r]);
+}
