@@ -108,6 +108,11 @@ hadm_status model_pack_heads(const struct hadm_model *m, ops_ctx *c, hadm_error 
  * back in from the page cache). */
 void model_release_conv_sources(const struct hadm_model *m);
 
+/* Frees every packed weight (model_pack.c; at close). */
+void model_unpack_all(struct hadm_model *m);
+/* A buffer the model owns until it is closed (NULL when out of memory). */
+float *model_own(struct hadm_model *m, size_t bytes);
+
 /* Borrow / return an execution context (thread-safe). */
 hadm_status model_ctx_acquire(struct hadm_model *m, ops_ctx **out, hadm_error *err);
 void model_ctx_release(struct hadm_model *m, ops_ctx *c);
