@@ -3,7 +3,7 @@
 # Offers the PASSED/FAILED counters and pass, fail, check, expect, note and
 # finish (the "ok   NAME" / "FAIL NAME" lines that logs are grepped for), and
 # the polling behind each script's start_server: wait_port_file, wait_ready,
-# server_started and launch_server.
+# server_started and launch_server; stop_server (signal, bounded wait, SERVER_RC).
 # Expects the caller to set BIN (the hadm binary) and T (the test's temporary
 # directory) before it calls server_started or launch_server, which use
 # "$T/port" and "$T/server.log" and set the globals PID and URL.
@@ -72,4 +72,19 @@ launch_server() {
     "$BIN" serve --host 127.0.0.1 --port 0 --port-file "$T/port" "$@" 2>>"$T/server.log" &
     PID=$!
     server_started "$@"
+}
+
+# stop_server [SIGNAL]: signals $PID (default TERM), waits up to
+# $STOP_TIMEOUT_S seconds (default 60) before SIGKILL, sets SERVER_RC to its
+# exit status (-1 when no server was running) and clears PID.
+stop_server() {
+    SERVER_RC=-1
+    [ -n "${PID:-}" ] || return 0
+    local limit=${STOP_TIMEOUT_S:-60}
+    kill -"${1:-TERM}" "$PID" 2>/dev/null
+    for _ in $(seq 1 $((limit * 20))); do kill -0 "$PID" 2>/dev/null || break; sleep 0.05; done
+    kill -0 "$PID" 2>/dev/null && { echo "server did not stop in $limit s; killing it"; kill -9 "$PID"; }
+    wait "$PID" 2>/dev/null
+    SERVER_RC=$?
+    PID=""
 }

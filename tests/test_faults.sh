@@ -17,16 +17,7 @@ T=$(mktemp -d "${TMPDIR:-/tmp}/hadm-test-faults.XXXXXX")
 PID=""
 URL=""
 
-stop_server() { # stop_server [signal]: sets SERVER_RC
-    SERVER_RC=-1
-    [ -n "$PID" ] || return 0
-    kill -"${1:-TERM}" "$PID" 2>/dev/null
-    for _ in $(seq 1 2400); do kill -0 "$PID" 2>/dev/null || break; sleep 0.05; done
-    kill -0 "$PID" 2>/dev/null && { echo "server did not stop in 120 s; killing it"; kill -9 "$PID"; }
-    wait "$PID" 2>/dev/null
-    SERVER_RC=$?
-    PID=""
-}
+STOP_TIMEOUT_S=120   # stop_server (lib.sh): a server draining slow clients
 cleanup() { stop_server KILL; rm -rf "$T"; }
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP

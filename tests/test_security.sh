@@ -23,7 +23,6 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
 start_server() { launch_server --threads 1 "$@" || exit 1; wait_ready "$URL"; }
-stop_server() { kill -TERM "$PID"; wait "$PID"; SERVER_RC=$?; PID=""; }
 # req [curl args...]: prints the status; keeps every body and header block in $T/pages
 # (numbered through a file: req mostly runs in a command substitution's subshell)
 req() {

@@ -20,16 +20,6 @@ T=$(mktemp -d "${TMPDIR:-/tmp}/hadm-test-server.XXXXXX")
 PID=""
 URL=""
 
-stop_server() { # stop_server [signal]: stops the server, sets SERVER_RC
-    SERVER_RC=-1
-    [ -n "$PID" ] || return 0
-    kill -"${1:-TERM}" "$PID" 2>/dev/null
-    for _ in $(seq 1 1200); do kill -0 "$PID" 2>/dev/null || break; sleep 0.05; done
-    kill -0 "$PID" 2>/dev/null && { echo "server did not stop in 60 s; killing it"; kill -9 "$PID"; }
-    wait "$PID" 2>/dev/null
-    SERVER_RC=$?
-    PID=""
-}
 FETCH_PIDS=""  # helper servers of the detect-url section
 cleanup() { stop_server KILL; for p in $FETCH_PIDS; do kill "$p" 2>/dev/null; done; rm -rf "$T"; }
 trap cleanup EXIT

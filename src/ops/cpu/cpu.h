@@ -7,6 +7,18 @@
  * others costs more than they save. */
 #define OPS_PAR_MIN 32768
 
+/* The vector exp of kernels.c (exp8, AVX2) and softmax512.c (exp16): x is
+ * clamped to [EXP_MIN, EXP_MAX] so 2^n stays a normal exponent, split as
+ * x = n ln2 + r (ln2 in two parts, |r| <= ln2/2), e^r by its degree-7
+ * Taylor series (Horner, highest term first; truncation < 5e-9 relative). */
+#define OPS_EXP_MIN (-87.0f)
+#define OPS_EXP_MAX 88.0f
+#define OPS_EXP_LOG2E 1.44269504088896341f
+#define OPS_EXP_LN2_HI 0.693145751953125f
+#define OPS_EXP_LN2_LO 1.428606765330187e-06f
+static const float ops_exp_taylor[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24,
+                                        1.0f / 6,    0.5f,        1.0f,        1.0f};
+
 /* Applies the context's thread count to the calling thread's OpenMP teams. */
 void ops_ctx_enter(ops_ctx *c);
 

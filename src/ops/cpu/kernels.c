@@ -16,15 +16,14 @@
  * a normal exponent. */
 static inline __m256 exp8(__m256 x)
 {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-    __m256 kf = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(OPS_EXP_MIN)), _mm256_set1_ps(OPS_EXP_MAX));
+    __m256 kf = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(OPS_EXP_LOG2E)),
                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(kf, _mm256_set1_ps(0.693145751953125f), x);
-    r = _mm256_fnmadd_ps(kf, _mm256_set1_ps(1.428606765330187e-06f), r);
-    static const float c[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
-    __m256 p = _mm256_set1_ps(c[0]);
+    __m256 r = _mm256_fnmadd_ps(kf, _mm256_set1_ps(OPS_EXP_LN2_HI), x);
+    r = _mm256_fnmadd_ps(kf, _mm256_set1_ps(OPS_EXP_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(ops_exp_taylor[0]);
     for (int i = 1; i < 8; i++)
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c[i]));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(ops_exp_taylor[i]));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(kf), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }

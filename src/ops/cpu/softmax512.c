@@ -2,8 +2,8 @@
  * vectors, for CPUs that have AVX-512; the build floor is AVX2, so this file
  * is compiled for AVX-512 function by function and chosen at run time. On
  * the 4096-key rows of global attention it is a fifth of the attention's
- * time in the AVX2 version. Same exp as kernels.c's exp8: degree-7 Taylor
- * series on |r| <= ln2/2 (< 5e-9 relative), 2^n built in the exponent. */
+ * time in the AVX2 version. Same exp as kernels.c's exp8 (constants in
+ * cpu.h), 16 lanes at a time. */
 #include <immintrin.h>
 #include <math.h>
 
@@ -13,15 +13,14 @@
 
 AVX512 static inline __m512 exp16(__m512 x)
 {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-    __m512 kf = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(OPS_EXP_MIN)), _mm512_set1_ps(OPS_EXP_MAX));
+    __m512 kf = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(OPS_EXP_LOG2E)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(1.428606765330187e-06f), r);
-    static const float c[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
-    __m512 p = _mm512_set1_ps(c[0]);
+    __m512 r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(OPS_EXP_LN2_HI), x);
+    r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(OPS_EXP_LN2_LO), r);
+    __m512 p = _mm512_set1_ps(ops_exp_taylor[0]);
     for (int i = 1; i < 8; i++)
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[i]));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(ops_exp_taylor[i]));
     __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(kf), _mm512_set1_epi32(127)), 23);
     return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
 }
