@@ -178,6 +178,110 @@ static void test_softmax_unnorm(ops_ctx *c)
     }
 }
 
+/* One row as s8: within half a step of the input, the reported sum right,
+ * an all-zero row exact. */
+static void test_s8_rows(void)
+{
+    float x[67], scale;
+    int8_t y[67];
+    int32_t sum;
+    for (int trial = 0; trial < 2; trial++) {
+        for (int i = 0; i < 67; i++)
+            x[i] = trial ? 0.0f : uniform() * 3.0f;
+        ops_row_to_s8(x, 67, y, &scale, &sum);
+        int32_t total = 0;
+        int bad = 0;
+        for (int i = 0; i < 67; i++) {
+            total += y[i];
+            bad += fabsf(y[i] * scale - x[i]) > 0.5001f * scale;
+        }
+        CHECK(bad == 0 && total == sum, "s8 row %d: %d values off by more than half a step, sum %d vs %d",
+              trial, bad, sum, total);
+    }
+}
+
+/* Attention in double from q (pre-scaled), k, v rows [n][ld] of one head. */
+static void attention_ref(int n, int hd, const double *q, const double *k, const float *v, int ld, double *out)
+{
+    double *p = malloc((size_t)n * sizeof *p);
+    for (int i = 0; i < n; i++) {
+        double mx = -INFINITY, sum = 0;
+        for (int j = 0; j < n; j++) {
+            double d = 0;
+            for (int e = 0; e < hd; e++)
+                d += q[i * hd + e] * k[j * hd + e];
+            p[j] = d;
+            mx = d > mx ? d : mx;
+        }
+        for (int j = 0; j < n; j++)
+            sum += p[j] = exp(p[j] - mx);
+        for (int e = 0; e < hd; e++) {
+            double o = 0;
+            for (int j = 0; j < n; j++)
+                o += p[j] * v[j * ld + e];
+            out[i * hd + e] = o / sum;
+        }
+    }
+    free(p);
+}
+
+/* The int8 context's attention (Q·Kᵀ in u8 x s8) must equal exact attention
+ * on its own dequantised queries and keys (which checks the zero points,
+ * scales and key sums of the s32 scores), and stay near f32 attention. */
+static void test_attention_int8(void)
+{
+    static const int shapes[][3] = {{37, 3, 16}, {196, 2, 64}};   /* tokens, heads, head dim */
+    ops_ctx *c = NULL;
+    hadm_error err = {0};
+    CHECK(ops_ctx_new(2, &c, &err) == HADM_OK, "%s", err.msg);
+    ops_ctx_set_compute(c, OPS_S8);
+    for (int si = 0; si < 2; si++) {
+        int n = shapes[si][0], heads = shapes[si][1], hd = shapes[si][2], ld = 3 * heads * hd;
+        float scale = 1.0f / sqrtf((float)hd), qs, ks;
+        float *qkv = malloc((size_t)n * ld * sizeof *qkv), *out = malloc((size_t)n * heads * hd * sizeof *out);
+        double *q = malloc((size_t)n * hd * 4 * sizeof *q), *k = q + n * hd, *qd = k + n * hd, *kd = qd + n * hd;
+        double *want = malloc((size_t)n * hd * 2 * sizeof *want), *exact = want + n * hd;
+        for (int i = 0; i < n * ld; i++)
+            qkv[i] = uniform() * 2.5f + (i % 7 == 0 ? 1.0f : 0.0f);
+        CHECK(ops_attention(c, n, heads, hd, scale, qkv, qkv + heads * hd, qkv + 2 * heads * hd, ld, out,
+                            heads * hd, &err) == HADM_OK, "int8 attention: %s", err.msg);
+        double worst_exact = 0, num = 0, den = 0;
+        for (int h = 0; h < heads; h++) {
+            for (int t = 0; t < n; t++) {
+                const float *qr = qkv + t * ld + h * hd, *kr = qr + heads * hd;
+                uint8_t qu[64];
+                int8_t k8[64];
+                int32_t qz, ksum;
+                ops_row_to_u8(qr, hd, ops_u8_levels(c), qu, &qs, &qz);
+                ops_row_to_s8(kr, hd, k8, &ks, &ksum);
+                for (int e = 0; e < hd; e++) {
+                    q[t * hd + e] = (double)qr[e] * scale;
+                    k[t * hd + e] = kr[e];
+                    qd[t * hd + e] = (double)(qs * scale) * (qu[e] - qz);
+                    kd[t * hd + e] = (double)ks * k8[e];
+                }
+            }
+            const float *v = qkv + 2 * heads * hd + h * hd;
+            attention_ref(n, hd, q, k, v, ld, want);
+            attention_ref(n, hd, qd, kd, v, ld, exact);
+            for (int t = 0; t < n; t++)
+                for (int e = 0; e < hd; e++) {
+                    double got = out[t * heads * hd + h * hd + e];
+                    worst_exact = fmax(worst_exact, fabs(got - exact[t * hd + e]));
+                    num += (got - want[t * hd + e]) * (got - want[t * hd + e]);
+                    den += want[t * hd + e] * want[t * hd + e];
+                }
+        }
+        double rel = sqrt(num / den);
+        printf("int8 attention n=%d hd=%d: vs own operands %.2e, vs exact rel L2 %.2e\n", n, hd, worst_exact, rel);
+        CHECK(worst_exact < 1e-5, "int8 attention n=%d: %.3g from exact attention on its own operands", n,
+              worst_exact);
+        CHECK(rel < 2e-2, "int8 attention n=%d: rel L2 %.3g from exact attention", n, rel);
+        free(qkv), free(out), free(q), free(want);
+    }
+    ops_ctx_free(c);
+}
+
 int main(void)
 {
     static float a[M * K], w[N * K], aq[M * K], wq[N * K], out[M * LDC], c0[M * LDC];
@@ -237,5 +341,7 @@ int main(void)
     }
     ops_ctx_free(c);
     test_conv_int8();
+    test_s8_rows();
+    test_attention_int8();
     return test_finish();
 }

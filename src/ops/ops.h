@@ -58,7 +58,8 @@ hadm_status ops_pack_parts(ops_ctx *c, int M, int K, const ops_wpart *parts, int
 ops_dtype ops_packed_dtype(const ops_packed *p);
 /* The element type attention and convolutions compute in for this context:
  * F32; BF16 (both in bf16); S8 (convolutions in int8 like the Linears,
- * attention f32). Norms, softmax and everything else stay f32. */
+ * attention's Q·Kᵀ in int8, its P·V in f32). Norms, softmax and
+ * everything else stay f32. */
 void ops_ctx_set_compute(ops_ctx *c, ops_dtype t);
 ops_dtype ops_ctx_compute(const ops_ctx *c);
 /* Element conversions used by the loader and the quantizer. */
@@ -85,6 +86,7 @@ typedef struct {
     int accumulate;             /* C += result */
     const ops_packed *packed;   /* optional: used instead of B when M, N, K match */
     int ab_bf16;                /* A and B hold bf16 (uint16) elements, not f32 */
+    int ab_int8;                /* A holds u8, B s8 and C s32 (no bias/accumulate) */
     /* With bf16/s8 packed weights: A already holds the operand type (dense,
      * lda = K), so no conversion pass is made. For S8 that is u8 with
      * value = a_scale[m] * (q - a_zero[m]) in row m. */

@@ -13,7 +13,8 @@
  *
  * With a BF16 context the copies write bf16 (the conversion is free there),
  * the softmax writes bf16 probabilities, and both products run on bf16
- * inputs with f32 accumulation; scores and the softmax itself stay f32. */
+ * inputs with f32 accumulation; scores and the softmax itself stay f32.
+ * With an S8 context Q·Kᵀ runs in u8 x s8 (attention_int8). */
 #include <string.h>
 
 #include "ops/cpu/cpu.h"
@@ -76,10 +77,75 @@ static void copy_transposed(ops_ctx *c, const float *x, int64_t ld, int N, int h
         }
 }
 
+/* The int8 context's attention: Q·Kᵀ as u8 x s8 -> s32 (queries per row
+ * with a zero point, keys symmetric, one scale per token and head), whose
+ * sums the softmax turns into f32 scores row by row; P·V stays f32, because
+ * most probabilities of a 4096-key row are below u8's step of 1/255. */
+static hadm_status attention_int8(ops_ctx *c, int N, int heads, int hd, float scale, const float *q,
+                                  const float *k, const float *v, int64_t ld, float *out, int64_t ldo,
+                                  hadm_error *err)
+{
+    int tile = N < QUERY_TILE ? N : QUERY_TILE, levels = ops_u8_levels(c);
+    int group = (int)(SCORE_BUDGET / ((int64_t)tile * N));
+    group = group < 1 ? 1 : group > heads ? heads : group;
+    int64_t hsz = (int64_t)N * hd, kn = (int64_t)heads * N;
+    size_t ssz = (size_t)group * tile * N, qsz = (size_t)group * tile * hd, isz = (size_t)group * tile;
+    /* floats: scores (s32, then f32), output tile, V, and per query row
+     * 1/sum, scale, zero point, then per key row scale and sum; then the u8
+     * query tile and s8 keys, in bytes */
+    size_t nf = ssz + qsz + (size_t)heads * hsz + 3 * isz + 2 * (size_t)kn;
+    float *S = ops_scratch(c, OPS_SCRATCH_ATTN, nf + (qsz + (size_t)kn * hd + 3) / 4);
+    if (!S)
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (attention scores)");
+    float *ot = S + ssz, *vh = ot + qsz, *inv_sum = vh + heads * hsz, *qs = inv_sum + isz;
+    int32_t *qz = (int32_t *)(qs + isz);
+    float *ks = (float *)(qz + isz);
+    int32_t *ksum = (int32_t *)(ks + kn);
+    uint8_t *qt = (uint8_t *)(ksum + kn);
+    int8_t *kt = (int8_t *)(qt + qsz);
+    ops_ctx_enter(c);
+#pragma omp parallel for schedule(static) if (kn * hd > 65536)
+    for (int64_t r = 0; r < kn; r++) {   /* r = h * N + token */
+        int64_t h = r / N, t = r % N;
+        ops_row_to_s8(k + t * ld + h * hd, hd, kt + r * hd, &ks[r], &ksum[r]);
+    }
+    copy_head_major(c, v, ld, 0, N, 0, heads, hd, 1.0f, vh, 0);
+    for (int h0 = 0; h0 < heads; h0 += group) {
+        int g = heads - h0 < group ? heads - h0 : group;
+        for (int q0 = 0; q0 < N; q0 += tile) {
+            int m = N - q0 < tile ? N - q0 : tile;
+            int64_t rows = (int64_t)g * m;
+            ops_ctx_enter(c);
+#pragma omp parallel for schedule(static) if (rows * hd > 65536)
+            for (int64_t r = 0; r < rows; r++) {   /* r = h * m + i */
+                int64_t h = r / m, i = r % m;
+                ops_row_to_u8(q + (q0 + i) * ld + (h0 + h) * hd, hd, levels, qt + r * hd, &qs[r], &qz[r]);
+                qs[r] *= scale;
+            }
+            ops_gemm qk = {.M = m, .N = N, .K = hd, .A = (const float *)qt, .lda = hd,
+                           .B = (const float *)(kt + h0 * hsz), .ldb = hd, .trans_b = 1,
+                           .C = S, .ldc = N, .ab_int8 = 1};
+            hadm_status s = ops_matmul_batched(c, &qk, g, (int64_t)m * hd, hsz, (int64_t)m * N, err);
+            if (s)
+                return s;
+            ops_softmax_rows_unnorm_s32(c, rows, N, (int32_t *)S, N, m, qs, qz, ks + (int64_t)h0 * N,
+                                        ksum + (int64_t)h0 * N, inv_sum);
+            ops_gemm av = {.M = m, .N = hd, .K = N, .A = S, .lda = N, .B = vh + h0 * hsz, .ldb = hd,
+                           .C = ot, .ldc = hd};
+            if ((s = ops_matmul_batched(c, &av, g, (int64_t)m * N, hsz, (int64_t)m * hd, err)))
+                return s;
+            scatter_heads(ot, inv_sum, m, g, hd, out + (int64_t)q0 * ldo + (int64_t)h0 * hd, ldo);
+        }
+    }
+    return HADM_OK;
+}
+
 hadm_status ops_attention(ops_ctx *c, int N, int heads, int hd, float scale, const float *q,
                           const float *k, const float *v, int64_t ld, float *out, int64_t ldo,
                           hadm_error *err)
 {
+    if (ops_ctx_compute(c) == OPS_S8)
+        return attention_int8(c, N, heads, hd, scale, q, k, v, ld, out, ldo, err);
     int bf16 = ops_ctx_compute(c) == OPS_BF16;
     size_t esz = bf16 ? 2 : 4;
     int tile = N < QUERY_TILE ? N : QUERY_TILE;

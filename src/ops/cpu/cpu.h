@@ -56,5 +56,17 @@ void ops_softmax_rows_unnorm(ops_ctx *c, int64_t rows, int n, float *x, int64_t 
 /* The same (f32 output only) with AVX-512 (softmax512.c), where the CPU has it. */
 int ops_have_avx512(void);
 void ops_softmax_rows_unnorm512(ops_ctx *c, int64_t rows, int n, float *x, int64_t ldx, float *inv_sum);
+void ops_softmax_row_unnorm512(float *x, int n, float *inv_sum);
+/* int8 attention scores (kernels.c). One row of n values as s8 on its own
+ * symmetric range (x = scale y), with the sum of its s8 values. */
+void ops_row_to_s8(const float *x, int n, int8_t *y, float *scale, int32_t *sum);
+/* The unnormalised softmax of rows of s32 sums from u8 x s8 (Q times Kᵀ),
+ * turned into f32 scores in place first, while the row is in L1: row r
+ * belongs to head h = r / rows_per_head and
+ *   score[r][j] = row_scale[r] col_scale[h][j] (x[r][j] - row_zero[r] colsum[h][j])
+ * (col arrays are [heads][n]). Leaves exp(score - max) as f32 in x. */
+void ops_softmax_rows_unnorm_s32(ops_ctx *c, int64_t rows, int n, int32_t *x, int64_t ldx, int rows_per_head,
+                                 const float *row_scale, const int32_t *row_zero, const float *col_scale,
+                                 const int32_t *colsum, float *inv_sum);
 
 #endif

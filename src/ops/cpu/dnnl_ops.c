@@ -247,11 +247,15 @@ static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa
     }
     if (pk && pk->dt != OPS_F32)
         return cpu_gemm_lowp(c, g, pk, err);
+    if (g->ab_int8 && (pk || g->bias || g->accumulate))
+        return hadm_fail(err, HADM_ERR_ARG, "matmul: u8 x s8 takes no packed weights, bias or accumulate");
     dnnl_data_type_t ab = g->ab_bf16 ? dnnl_bf16 : dnnl_f32;
+    dnnl_data_type_t a_dt = g->ab_int8 ? dnnl_u8 : ab, b_dt = g->ab_int8 ? dnnl_s8 : ab;
+    dnnl_data_type_t c_dt = g->ab_int8 ? dnnl_s32 : dnnl_f32;
     int64_t key[KEY_WORDS] = {1, batch, g->M, g->N, g->K, g->lda, g->ldb, g->trans_b, g->ldc, sa, sb,
                               sc, g->bias != NULL, g->accumulate};
     key[15] = (int64_t)(intptr_t)pk;
-    key[16] = g->ab_bf16;
+    key[16] = g->ab_bf16 | g->ab_int8 << 1;
     cache_entry *e = cpu_cache_find(c, key);
     hadm_status s = HADM_OK;
     if (!e) {
@@ -261,13 +265,13 @@ static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa
         dnnl_dims_t as = {sa, g->lda, 1}, cs = {sc, g->ldc, 1};
         dnnl_dims_t bs_t = {sb, 1, g->ldb}, bs_n = {sb, g->ldb, 1};
         int off = batch == 1 ? 1 : 0, nd = 3 - off;
-        DNNL_TRY(dnnl_memory_desc_init_by_strides(&a_md, nd, ad + off, ab, as + off), "md");
+        DNNL_TRY(dnnl_memory_desc_init_by_strides(&a_md, nd, ad + off, a_dt, as + off), "md");
         if (pk)
             b_md = pk->md;
         else
-            DNNL_TRY(dnnl_memory_desc_init_by_strides(&b_md, nd, bd + off, ab,
+            DNNL_TRY(dnnl_memory_desc_init_by_strides(&b_md, nd, bd + off, b_dt,
                                                       (g->trans_b ? bs_t : bs_n) + off), "md");
-        DNNL_TRY(dnnl_memory_desc_init_by_strides(&c_md, nd, cd + off, dnnl_f32, cs + off), "md");
+        DNNL_TRY(dnnl_memory_desc_init_by_strides(&c_md, nd, cd + off, c_dt, cs + off), "md");
         dnnl_dims_t biasd = {1, 1, g->N};
         if (g->bias)
             DNNL_TRY(dnnl_memory_desc_init_by_tag(&bias_md, nd, biasd + off, dnnl_f32,

@@ -187,6 +187,40 @@ void ops_softmax_rows_unnorm(ops_ctx *c, int64_t rows, int n, float *x, int64_t 
         softmax_row(x + r * ldx, n, y ? y + r * ldy : NULL, &inv_sum[r]);
 }
 
+/* Scores of one row from s32 sums to f32, in place (see cpu.h). */
+static void scores_from_s32(int32_t *x, int n, float rs, int32_t rz, const float *cs, const int32_t *colsum)
+{
+    float *f = (float *)x;
+    __m256i z = _mm256_set1_epi32(rz);
+    __m256 s = _mm256_set1_ps(rs);
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256i d = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(x + j)),
+                                     _mm256_mullo_epi32(z, _mm256_loadu_si256((const __m256i *)(colsum + j))));
+        _mm256_storeu_ps(f + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(d), s), _mm256_loadu_ps(cs + j)));
+    }
+    for (; j < n; j++)
+        f[j] = (float)(x[j] - rz * colsum[j]) * rs * cs[j];
+}
+
+void ops_softmax_rows_unnorm_s32(ops_ctx *c, int64_t rows, int n, int32_t *x, int64_t ldx, int rows_per_head,
+                                 const float *row_scale, const int32_t *row_zero, const float *col_scale,
+                                 const int32_t *colsum, float *inv_sum)
+{
+    int wide = ops_have_avx512();
+    ops_ctx_enter(c);
+#pragma omp parallel for schedule(static) if (rows * n > PAR_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t h = r / rows_per_head;
+        int32_t *xr = x + r * ldx;
+        scores_from_s32(xr, n, row_scale[r], row_zero[r], col_scale + h * n, colsum + h * n);
+        if (wide)
+            ops_softmax_row_unnorm512((float *)xr, n, &inv_sum[r]);
+        else
+            softmax_row((float *)xr, n, NULL, &inv_sum[r]);
+    }
+}
+
 void ops_rows_to_bf16(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, uint16_t *y)
 {
     ops_ctx_enter(c);
@@ -254,6 +288,37 @@ void ops_row_to_u8(const float *x, int n, int levels, uint8_t *y, float *scale, 
         float v = nearbyintf(x[i] / s) + (float)z;
         y[i] = (uint8_t)(v < 0 ? 0 : v > (float)levels ? levels : v);
     }
+}
+
+void ops_row_to_s8(const float *x, int n, int8_t *y, float *scale, int32_t *sum)
+{
+    float lo, hi;
+    row_range(x, n, &lo, &hi);
+    float mx = hi > -lo ? hi : -lo;
+    float s = mx > 0 && isfinite(mx) ? mx / 127.0f : 1.0f;
+    __m256 inv = _mm256_set1_ps(1.0f / s);
+    __m256i lim = _mm256_set1_epi32(127), acc = _mm256_setzero_si256();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+        __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8), inv));
+        a = _mm256_max_epi32(_mm256_min_epi32(a, lim), _mm256_sub_epi32(_mm256_setzero_si256(), lim));
+        b = _mm256_max_epi32(_mm256_min_epi32(b, lim), _mm256_sub_epi32(_mm256_setzero_si256(), lim));
+        acc = _mm256_add_epi32(acc, _mm256_add_epi32(a, b));
+        __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8);
+        _mm_storeu_si128((__m128i *)(y + i), _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+    }
+    int32_t total = 0, lanes[8];
+    _mm256_storeu_si256((__m256i *)lanes, acc);
+    for (int l = 0; l < 8; l++)
+        total += lanes[l];
+    for (; i < n; i++) {
+        float v = nearbyintf(x[i] * (1.0f / s));
+        y[i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        total += y[i];
+    }
+    *scale = s;
+    *sum = total;
 }
 
 void ops_rows_to_u8(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, int levels, uint8_t *y,

@@ -25,7 +25,7 @@ AVX512 static inline __m512 exp16(__m512 x)
     return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
 }
 
-AVX512 static void row(float *x, int n, float *inv_sum)
+AVX512 void ops_softmax_row_unnorm512(float *x, int n, float *inv_sum)
 {
     __m512 vmax = _mm512_set1_ps(-INFINITY);
     int i = 0;
@@ -63,5 +63,5 @@ void ops_softmax_rows_unnorm512(ops_ctx *c, int64_t rows, int n, float *x, int64
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if (rows * n > OPS_PAR_MIN)
     for (int64_t r = 0; r < rows; r++)
-        row(x + r * ldx, n, &inv_sum[r]);
+        ops_softmax_row_unnorm512(x + r * ldx, n, &inv_sum[r]);
 }
