@@ -56,8 +56,10 @@ static void bench_usage(FILE *out)
             "ratio to the ceiling, speed-up over f32, and peak RSS.\n"
             "  --reps N     timed forwards after one warm-up (default 3)\n"
             "  --model F    time this model file instead of a synthetic one\n"
-            "  --rss-both   also load HADM-L and HADM-G together in each precision, run one\n"
-            "               forward on each, and report that process's peak RSS\n",
+            "  --rss-both   also load HADM-L and HADM-G together in each precision, run\n"
+            "               HADM-L, HADM-G and HADM-L again (the last with both models'\n"
+            "               weights packed, as a server holds them), and report that\n"
+            "               process's peak RSS\n",
             PEAK_DIM, PEAK_DIM_TINY, IMAGE_SIDE, IMAGE_SIDE);
 }
 
@@ -291,7 +293,10 @@ done:
     hadm_model_close(m);
 }
 
-/* Both models open at once (as `hadm serve` holds them), one forward each. */
+/* Both models open at once (as `hadm serve` holds them): HADM-L, HADM-G,
+ * then HADM-L again. Weights are packed on first use, so only the third
+ * forward runs with both models fully resident, as every request after a
+ * server's first two does; it is the peak that counts. */
 static void both_child(const void *arg, prec_report *r)
 {
     const forward_job *j = arg;
@@ -307,12 +312,12 @@ static void both_child(const void *arg, prec_report *r)
     int ok = 1;
     for (int i = 0; ok && i < 2; i++)
         ok = !hadm_model_open(j->paths[i], &opt, &m[i], &err);
-    for (int i = 0; ok && i < 2; i++) {
+    for (int k = 0; ok && k < 3; k++) {
         hadm_result *res = NULL;
         if (!j->a->json)
             fprintf(stderr, "hadm: %s: both models loaded, forward on %s...\n", PREC_NAME[j->prec],
-                    hadm_model_variant(m[i]));
-        ok = !hadm_detect(m[i], &img, &dopt, &res, &err);
+                    hadm_model_variant(m[k % 2]));
+        ok = !hadm_detect(m[k % 2], &img, &dopt, &res, &err);
         hadm_result_free(res);
     }
     if (ok) {
@@ -370,7 +375,7 @@ static void print_text(const bench_args *a, const bench_ceilings *c, const prec_
                achieved, 100.0 * achieved / ceiling_of(c, p), p == 2 ? "s8" : PREC_NAME[p]);
         printf("  memory:  peak RSS %.2f GB", (double)q->peak_rss_bytes / 1e9);
         if (q->both_rss_bytes)
-            printf("; HADM-L + HADM-G loaded, one forward each: peak RSS %.2f GB",
+            printf("; HADM-L + HADM-G loaded, forwards L, G, L: peak RSS %.2f GB",
                    (double)q->both_rss_bytes / 1e9);
         printf("\n");
     }
