@@ -178,6 +178,54 @@ static void test_softmax_unnorm(ops_ctx *c)
     }
 }
 
+/* ops_matmul_swiglu_ln must give exactly what the unfused ops give (matmul,
+ * silu_mul, layernorm) for f32, bf16 and int8 weights, and the f32 one the
+ * double-precision SwiGLU + LayerNorm. */
+static void test_swiglu_ln(ops_ctx *c, const float *a, const float *w, const float *bias)
+{
+    enum { F = N / 2 };
+    static float h[M * N], h2[M * N], fused[M * LDC], plain[M * LDC];
+    float lg[F], lb[F];
+    for (int i = 0; i < F; i++)
+        lg[i] = 1 + 0.2f * uniform(), lb[i] = 0.1f * uniform();
+    hadm_error err = {0};
+    for (int t = OPS_F32; t <= OPS_S8; t++) {
+        ops_packed *pk = NULL;
+        ops_wpart part = {w, OPS_SRC_F32, NULL, N};
+        CHECK(ops_pack_parts(c, M, K, &part, 1, (ops_dtype)t, &pk, &err) == HADM_OK, "pack: %s", err.msg);
+        ops_gemm g = {.M = M, .N = N, .K = K, .A = a, .lda = K, .B = w, .ldb = K, .trans_b = 1, .bias = bias,
+                      .C = fused, .ldc = LDC, .packed = pk};
+        memset(fused, 0, sizeof fused), memset(plain, 0, sizeof plain);
+        CHECK(ops_matmul_swiglu_ln(c, &g, h, lg, lb, 1e-6f, &err) == HADM_OK, "swiglu: %s", err.msg);
+        g.C = h2, g.ldc = N;
+        CHECK(ops_matmul(c, &g, &err) == HADM_OK, "matmul: %s", err.msg);
+        ops_silu_mul(c, M, F, h2, N, h2 + F, N);
+        ops_layernorm(c, M, F, h2, N, lg, lb, 1e-6f, plain, LDC);
+        CHECK(!memcmp(fused, plain, sizeof fused), "swiglu_ln dtype %d differs from the unfused ops", t);
+        if (t == OPS_F32) {
+            double worst = 0;
+            for (int m = 0; m < M; m++) {
+                double y[F], mean = 0, var = 0;
+                for (int f = 0; f < F; f++) {
+                    double u = bias[f], v = bias[F + f];
+                    for (int k = 0; k < K; k++)
+                        u += (double)a[m * K + k] * w[f * K + k], v += (double)a[m * K + k] * w[(F + f) * K + k];
+                    y[f] = u / (1 + exp(-u)) * v;
+                    mean += y[f] / F;
+                }
+                for (int f = 0; f < F; f++)
+                    var += (y[f] - mean) * (y[f] - mean) / F;
+                for (int f = 0; f < F; f++) {
+                    double want = (y[f] - mean) / sqrt(var + 1e-6) * lg[f] + lb[f];
+                    worst = fmax(worst, fabs(fused[m * LDC + f] - want));
+                }
+            }
+            CHECK(worst < 1e-4, "f32 swiglu_ln off by %.3g from double", worst);
+        }
+        ops_packed_free(pk);
+    }
+}
+
 /* One row as s8: within half a step of the input, the reported sum right,
  * an all-zero row exact. */
 static void test_s8_rows(void)
@@ -299,6 +347,7 @@ int main(void)
     CHECK(ops_ctx_new(2, &c, &err) == HADM_OK, "%s", err.msg);
     test_u8_rows(c, a);
     test_softmax_unnorm(c);
+    test_swiglu_ln(c, a, w, bias);
     int8_operands(c, a, w, aq, wq);
     /* The S8 path quantises with 127 levels on CPUs without VNNI: then it
      * cannot equal the 255-level operands, only the f32 product. */

@@ -11,6 +11,10 @@
 #                 its variant read from the file (hadm doctor), else from the
 #                 directory name ("global" in it = G).
 #   --precisions  candidate precisions compared with f32 (default "bf16 int8").
+#                 f16w is a calibration row: f32 compute on the weights rounded
+#                 to f16 (hadm quantize --type f16; ~2.4e-4 relative, 16x
+#                 finer than bf16), i.e. how much a perturbation far below any
+#                 reduced mode's already moves this metric on these models.
 #   --images      directory of images (default: N images written to a temporary
 #                 directory by hadm-eval-images from the golden test6.jpeg).
 #   --count       N for hadm-eval-images (default 16; ignored with --images).
@@ -164,7 +168,12 @@ for spec in "${SPECS[@]}"; do
     for prec in "${PRECS[@]}"; do
         cand=$TMP/$i-$prec.json
         start=$(date +%s.%N)
-        run "$HADM" detect "$flag" "$path" --precision "$prec" --format json "$IMAGES" >"$cand"
+        if [ "$prec" = f16w ]; then
+            run "$HADM" quantize --type f16 "$path" "$TMP/$i-f16.safetensors"
+            run "$HADM" detect "$flag" "$TMP/$i-f16.safetensors" --precision f32 --format json "$IMAGES" >"$cand"
+        else
+            run "$HADM" detect "$flag" "$path" --precision "$prec" --format json "$IMAGES" >"$cand"
+        fi
         prec_s=$(elapsed "$start")
         run "$PY" "$ROOT/tools/compare_dets.py" "$ref" "$cand" --iou "$IOU" --min-score "$MIN_SCORE" --json >"$TMP/cmp.json"
         fields=$("$PY" -c 'import json, sys

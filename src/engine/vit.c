@@ -122,11 +122,12 @@ static hadm_status attention_block(vit_run *r, const vit_block_w *b, int global,
 }
 
 /* x += w3(LN_F(silu(w1 n) * (w2 n))), n = norm2(x) (spec 2.7). w1 and w2 are
- * one matmul: row r of the hidden buffer is [w1 n | w2 n]; the product is
- * formed in place in the first half and normed into a dense buffer, because
- * oneDNN runs a packed matmul on a strided A with its reference kernel
- * (hundreds of times slower). Every step is row-wise, so the rows go in
- * chunks: the 2F-wide hidden buffer is then 22 MB instead of 89 at full size. */
+ * one matmul whose rows [w1 n | w2 n] ops_matmul_swiglu_ln turns into
+ * LN_F(silu(w1 n) * (w2 n)) in a dense buffer (oneDNN runs a packed matmul
+ * on a strided A with its reference kernel, hundreds of times slower); with
+ * int8 weights it does so straight from the s32 sums. Every step is
+ * row-wise, so the rows go in chunks: the 2F-wide hidden buffer is then
+ * 22 MB instead of 89 at full size. */
 #define MLP_CHUNK 1024
 static hadm_status mlp_block(vit_run *r, const vit_block_w *b, float *x)
 {
@@ -142,10 +143,10 @@ static hadm_status mlp_block(vit_run *r, const vit_block_w *b, float *x)
         int m = rows - r0 < chunk ? rows - r0 : chunk;
         float *xr = x + (size_t)r0 * D;
         ops_layernorm(r->c, m, D, xr, D, b->norm2_g, b->norm2_b, cfg->ln_eps, n, D);
-        if ((s = linear(r, m, n, D, NULL, b->w12_b, b->w12_pk, 2 * F, D, hid, 2 * F, 0)))
+        ops_gemm w12 = {.M = m, .N = 2 * F, .K = D, .A = n, .lda = D, .ldb = D, .trans_b = 1,
+                        .bias = b->w12_b, .C = ffn, .ldc = F, .packed = b->w12_pk};
+        if ((s = ops_matmul_swiglu_ln(r->c, &w12, hid, b->ffn_ln_g, b->ffn_ln_b, cfg->ln_eps, r->err)))
             break;
-        ops_silu_mul(r->c, m, F, hid, 2 * F, hid + F, 2 * F);
-        ops_layernorm(r->c, m, F, hid, 2 * F, b->ffn_ln_g, b->ffn_ln_b, cfg->ln_eps, ffn, F);
         s = linear(r, m, ffn, F, NULL, b->w3.b, b->w3_pk, D, F, xr, D, 1);
     }
     return s;

@@ -96,6 +96,13 @@ typedef struct {
 } ops_gemm;
 hadm_status ops_matmul(ops_ctx *c, const ops_gemm *g, hadm_error *err);
 
+/* The SwiGLU MLP's middle: C[M][N/2] = LayerNorm(silu(H[:, :N/2]) * H[:, N/2:])
+ * with ln_g, ln_b, eps, where H = A·op(B) + bias is [M][N] and h is caller
+ * scratch for it (M x N floats). With int8 weights the s32 sums become C row
+ * by row in h's memory, without an f32 pass over H. No accumulate. */
+hadm_status ops_matmul_swiglu_ln(ops_ctx *c, const ops_gemm *g, float *h, const float *ln_g,
+                                 const float *ln_b, float eps, hadm_error *err);
+
 /* The same gemm repeated over `batch` independent problems, A/B/C advanced by
  * the given element strides per batch entry (bias and accumulate unsupported). */
 hadm_status ops_matmul_batched(ops_ctx *c, const ops_gemm *g, int batch, int64_t stride_a,

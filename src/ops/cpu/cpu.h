@@ -41,6 +41,15 @@ void ops_rows_to_u8(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx
 void ops_int8_epilogue(ops_ctx *c, int M, int N, const int32_t *acc, int64_t ldacc, const float *row_scale,
                        const int32_t *row_zero, const float *col_scale, const int32_t *colsum,
                        const float *bias, float *C, int64_t ldc, int accumulate);
+/* The SwiGLU MLP's middle from int8 sums, row by row while the row is in
+ * L1: h = the epilogue above over 2F columns (in acc's own memory, which it
+ * overwrites), then C[m] = LayerNorm(silu(h[:F]) * h[F:]) with g, b, eps. The
+ * same row kernels as the unfused ops, so the result is identical. */
+void ops_int8_swiglu_ln(ops_ctx *c, int M, int F, int32_t *acc, int64_t ldacc, const float *row_scale,
+                        const int32_t *row_zero, const float *col_scale, const int32_t *colsum,
+                        const float *bias, const float *g, const float *b, float eps, float *C, int64_t ldc);
+void ops_silu_mul_row(float *a, const float *b, int n);
+void ops_layernorm_row(const float *x, int n, const float *g, const float *b, float eps, float *y);
 /* Activation levels for u8 operands of oneDNN's u8 x s8 kernels: 255 with
  * VNNI; 127 without, where pairs of products are summed in int16. */
 int ops_u8_levels(const ops_ctx *c);

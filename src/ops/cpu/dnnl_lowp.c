@@ -166,38 +166,75 @@ fail:
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
-/* int8: quantise A (unless the caller did), multiply into s32 (in C's own
- * memory when C is overwritten, else in the low-precision buffer), then the
- * epilogue. */
-static hadm_status gemm_int8(ops_ctx *c, const ops_gemm *g, const ops_packed *pk, hadm_error *err)
+/* int8 sums: quantises A (unless the caller did; row scales and zero
+ * points come back in *scale and *zero) and multiplies it into s32 *acc,
+ * which, when NULL, is placed in the low-precision buffer (ld N). */
+static hadm_status int8_sums(ops_ctx *c, const ops_gemm *g, const ops_packed *pk, int32_t **acc,
+                             int64_t ldacc, const float **scale, const int32_t **zero, hadm_error *err)
 {
-    int M = g->M, N = g->N, K = g->K;
+    int M = g->M, K = g->K;
     size_t a_bytes = g->a_converted ? 0 : align64((size_t)M * K);
     size_t row_bytes = g->a_converted ? 0 : align64((size_t)M * sizeof(float));
-    size_t acc_bytes = g->accumulate ? align64((size_t)M * N * sizeof(int32_t)) : 0;
+    size_t acc_bytes = *acc ? 0 : align64((size_t)M * g->N * sizeof(int32_t));
     char *buf = ops_lowp_buffer(c, a_bytes + 2 * row_bytes + acc_bytes + 64);
     if (!buf)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (int8 matmul operands)");
     const uint8_t *a = (const uint8_t *)g->A;
-    const float *scale = g->a_scale;
-    const int32_t *zero = g->a_zero;
+    *scale = g->a_scale, *zero = g->a_zero;
     if (!g->a_converted) {
         uint8_t *q = (uint8_t *)buf;
         float *sc = (float *)(buf + a_bytes);
         int32_t *zp = (int32_t *)(buf + a_bytes + row_bytes);
         ops_rows_to_u8(c, M, K, g->A, g->lda, ops_u8_levels(c), q, sc, zp);
-        a = q, scale = sc, zero = zp;
+        a = q, *scale = sc, *zero = zp;
     }
-    if (!scale || !zero)
+    if (!*scale || !*zero)
         return hadm_fail(err, HADM_ERR_ARG, "int8 matmul: converted A needs row scales and zero points");
-    int32_t *acc = g->accumulate ? (int32_t *)(buf + a_bytes + 2 * row_bytes) : (int32_t *)g->C;
-    int64_t ldacc = g->accumulate ? N : g->ldc;
+    if (!*acc)
+        *acc = (int32_t *)(buf + a_bytes + 2 * row_bytes), ldacc = g->N;
     entry_attr ea = {0};
-    hadm_status s = run_packed(c, g, pk, a, acc, ldacc, &ea, err);
+    return run_packed(c, g, pk, a, *acc, ldacc, &ea, err);
+}
+
+/* int8: the sums go to C's own memory when C is overwritten, else to the
+ * low-precision buffer; then the epilogue. */
+static hadm_status gemm_int8(ops_ctx *c, const ops_gemm *g, const ops_packed *pk, hadm_error *err)
+{
+    int32_t *acc = g->accumulate ? NULL : (int32_t *)g->C;
+    const float *scale;
+    const int32_t *zero;
+    hadm_status s = int8_sums(c, g, pk, &acc, g->ldc, &scale, &zero, err);
     if (s)
         return s;
-    ops_int8_epilogue(c, M, N, acc, ldacc, scale, zero, pk->wscale,
+    ops_int8_epilogue(c, g->M, g->N, acc, g->accumulate ? g->N : g->ldc, scale, zero, pk->wscale,
                       pk->colsum, g->bias, g->C, g->ldc, g->accumulate);
+    return HADM_OK;
+}
+
+hadm_status ops_matmul_swiglu_ln(ops_ctx *c, const ops_gemm *g, float *h, const float *ln_g,
+                                 const float *ln_b, float eps, hadm_error *err)
+{
+    int F = g->N / 2;
+    if (g->accumulate || g->N % 2)
+        return hadm_fail(err, HADM_ERR_ARG, "swiglu matmul: N must be even, no accumulate");
+    ops_gemm hg = *g;
+    hg.C = h, hg.ldc = g->N;
+    const ops_packed *pk = g->packed;
+    if (pk && pk->dt == OPS_S8 && pk->N == g->N && pk->K == g->K) {
+        const float *scale;
+        const int32_t *zero;
+        int32_t *acc = (int32_t *)h;
+        hadm_status s = int8_sums(c, &hg, pk, &acc, g->N, &scale, &zero, err);
+        if (!s)
+            ops_int8_swiglu_ln(c, g->M, F, (int32_t *)h, g->N, scale, zero, pk->wscale, pk->colsum, g->bias,
+                               ln_g, ln_b, eps, g->C, g->ldc);
+        return s;
+    }
+    hadm_status s = ops_matmul(c, &hg, err);
+    if (s)
+        return s;
+    ops_silu_mul(c, g->M, F, h, g->N, h + F, g->N);
+    ops_layernorm(c, g->M, F, h, g->N, ln_g, ln_b, eps, g->C, g->ldc);
     return HADM_OK;
 }
 

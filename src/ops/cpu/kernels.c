@@ -28,29 +28,31 @@ static inline __m256 exp8(__m256 x)
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+void ops_layernorm_row(const float *xr, int n, const float *g, const float *b, float eps, float *yr)
+{
+    double sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < n; i++)
+        sum += xr[i];
+    float mean = (float)(sum / n);
+    double var = 0;
+#pragma omp simd reduction(+ : var)
+    for (int i = 0; i < n; i++) {
+        float d = xr[i] - mean;
+        var += (double)d * d;
+    }
+    float inv = (float)(1.0 / sqrt(var / n + (double)eps));
+    for (int i = 0; i < n; i++)
+        yr[i] = (xr[i] - mean) * inv * g[i] + b[i];
+}
+
 void ops_layernorm(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, const float *g,
                    const float *b, float eps, float *y, int64_t ldy)
 {
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if (rows * n > PAR_MIN)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * ldx;
-        float *yr = y + r * ldy;
-        double sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int i = 0; i < n; i++)
-            sum += xr[i];
-        float mean = (float)(sum / n);
-        double var = 0;
-#pragma omp simd reduction(+ : var)
-        for (int i = 0; i < n; i++) {
-            float d = xr[i] - mean;
-            var += (double)d * d;
-        }
-        float inv = (float)(1.0 / sqrt(var / n + (double)eps));
-        for (int i = 0; i < n; i++)
-            yr[i] = (xr[i] - mean) * inv * g[i] + b[i];
-    }
+    for (int64_t r = 0; r < rows; r++)
+        ops_layernorm_row(x + r * ldx, n, g, b, eps, y + r * ldy);
 }
 
 void ops_relu(ops_ctx *c, float *x, int64_t n)
@@ -69,23 +71,25 @@ void ops_gelu_erf(ops_ctx *c, float *x, int64_t n)
         x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
 }
 
+void ops_silu_mul_row(float *ar, const float *br, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(ar + i);
+        __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        __m256 s = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+        _mm256_storeu_ps(ar + i, _mm256_mul_ps(s, _mm256_loadu_ps(br + i)));
+    }
+    for (; i < n; i++)
+        ar[i] = ar[i] / (1.0f + expf(-ar[i])) * br[i];
+}
+
 void ops_silu_mul(ops_ctx *c, int64_t rows, int n, float *a, int64_t lda, const float *b, int64_t ldb)
 {
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if (rows * n > PAR_MIN)
-    for (int64_t r = 0; r < rows; r++) {
-        float *ar = a + r * lda;
-        const float *br = b + r * ldb;
-        int i = 0;
-        for (; i + 8 <= n; i += 8) {
-            __m256 x = _mm256_loadu_ps(ar + i);
-            __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
-            __m256 s = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
-            _mm256_storeu_ps(ar + i, _mm256_mul_ps(s, _mm256_loadu_ps(br + i)));
-        }
-        for (; i < n; i++)
-            ar[i] = ar[i] / (1.0f + expf(-ar[i])) * br[i];
-    }
+    for (int64_t r = 0; r < rows; r++)
+        ops_silu_mul_row(a + r * lda, b + r * ldb, n);
 }
 
 static float hsum8(__m256 v)
@@ -330,33 +334,53 @@ void ops_rows_to_u8(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx
         ops_row_to_u8(x + r * ldx, n, levels, y + r * (int64_t)n, &scale[r], &zero[r]);
 }
 
+/* One row of the int8 epilogue (see cpu.h); cr may alias ar. */
+static void int8_row(const int32_t *ar, int N, float rs, int32_t rz, const float *col_scale,
+                     const int32_t *colsum, const float *bias, float *cr, int accumulate)
+{
+    __m256i z = _mm256_set1_epi32(rz);
+    __m256 s = _mm256_set1_ps(rs);
+    int n = 0;
+    for (; n + 8 <= N; n += 8) {
+        __m256i d = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(ar + n)),
+                                     _mm256_mullo_epi32(z, _mm256_loadu_si256((const __m256i *)(colsum + n))));
+        __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(d), s), _mm256_loadu_ps(col_scale + n));
+        if (bias)
+            v = _mm256_add_ps(v, _mm256_loadu_ps(bias + n));
+        if (accumulate)
+            v = _mm256_add_ps(v, _mm256_loadu_ps(cr + n));
+        _mm256_storeu_ps(cr + n, v);
+    }
+    for (; n < N; n++) {
+        float v = (float)(ar[n] - rz * colsum[n]) * rs * col_scale[n];
+        v += bias ? bias[n] : 0.0f;
+        cr[n] = accumulate ? cr[n] + v : v;
+    }
+}
+
 void ops_int8_epilogue(ops_ctx *c, int M, int N, const int32_t *acc, int64_t ldacc, const float *row_scale,
                        const int32_t *row_zero, const float *col_scale, const int32_t *colsum,
                        const float *bias, float *C, int64_t ldc, int accumulate)
 {
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if ((int64_t)M * N > PAR_MIN)
+    for (int m = 0; m < M; m++)
+        int8_row(acc + m * ldacc, N, row_scale[m], row_zero[m], col_scale, colsum, bias, C + m * ldc,
+                 accumulate);
+}
+
+void ops_int8_swiglu_ln(ops_ctx *c, int M, int F, int32_t *acc, int64_t ldacc, const float *row_scale,
+                        const int32_t *row_zero, const float *col_scale, const int32_t *colsum,
+                        const float *bias, const float *g, const float *b, float eps, float *C, int64_t ldc)
+{
+    ops_ctx_enter(c);
+#pragma omp parallel for schedule(static) if ((int64_t)M * F > PAR_MIN)
     for (int m = 0; m < M; m++) {
-        const int32_t *ar = acc + m * ldacc;
-        float *cr = C + m * ldc;
-        __m256i z = _mm256_set1_epi32(row_zero[m]);
-        __m256 s = _mm256_set1_ps(row_scale[m]);
-        int n = 0;
-        for (; n + 8 <= N; n += 8) {
-            __m256i d = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(ar + n)),
-                                         _mm256_mullo_epi32(z, _mm256_loadu_si256((const __m256i *)(colsum + n))));
-            __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(d), s), _mm256_loadu_ps(col_scale + n));
-            if (bias)
-                v = _mm256_add_ps(v, _mm256_loadu_ps(bias + n));
-            if (accumulate)
-                v = _mm256_add_ps(v, _mm256_loadu_ps(cr + n));
-            _mm256_storeu_ps(cr + n, v);
-        }
-        for (; n < N; n++) {
-            float v = (float)(ar[n] - row_zero[m] * colsum[n]) * row_scale[m] * col_scale[n];
-            v += bias ? bias[n] : 0.0f;
-            cr[n] = accumulate ? cr[n] + v : v;
-        }
+        int32_t *ar = acc + m * ldacc;
+        float *h = (float *)ar;   /* the row's f32 values replace its sums, in L1 */
+        int8_row(ar, 2 * F, row_scale[m], row_zero[m], col_scale, colsum, bias, h, 0);
+        ops_silu_mul_row(h, h + F, F);
+        ops_layernorm_row(h, F, g, b, eps, C + m * ldc);
     }
 }
 
