@@ -388,11 +388,29 @@ if run_ok "bench --size tiny --json" "$T/bench.json" -- bench --size tiny --reps
          all(set(q['stage_s']) == {'preprocess', 'backbone', 'fpn', 'rpn', 'roi_heads', 'postprocess'} and
              q['gflop'] > 0 and q['forward_s'] > 0 and q['peak_rss_bytes'] > 1e6 and
              abs(q['achieved_gflops'] - q['gflop'] / q['forward_s']) < 1e-3 * q['achieved_gflops'] and
-             abs(q['ratio_to_peak'] - q['achieved_gflops'] / d['peak_gflops'][p]) < 1e-3 and
+             q['compute'] in {'f32': ('f32',), 'bf16': ('bf16', 'f32'), 'int8': ('s8',)}[p] and
+             abs(q['ratio_to_peak'] - q['achieved_gflops'] /
+                 d['peak_gflops'][{'s8': 'int8'}.get(q['compute'], q['compute'])]) < 1e-3 and
              abs(q['speedup_vs_f32'] - d['precisions']['f32']['forward_s'] / q['forward_s']) < 1e-3 * q['speedup_vs_f32']
              for p, q in d['precisions'].items())"
 fi
 expect_error "bench --precision fp8" 2 "--precision" -- bench --precision fp8
+
+# ---- reduced precisions end to end: detections close to f32's -----------------------
+# bf16 twice: as this CPU prefers (bf16 weights widened to f32 where bf16 is
+# slow) and forced to compute in bf16; loose bounds (one image, random-weight
+# model) that still catch a broken path (it would match nothing).
+if [ -n "${LM:-}" ] && run_ok "detect f32 (reference)" "$T/p-f32.json" -- detect --local "$LM" --precision f32 "$LIMG"; then
+    for spec in bf16:auto:0.9:0.02 bf16:native:0.9:0.02 int8:auto:0.5:0.05; do
+        IFS=: read -r prec mode share sdiff <<<"$spec"
+        if HADM_BF16_COMPUTE=$mode run_ok "detect $prec ($mode)" "$T/p-$prec-$mode.json" -- \
+            detect --local "$LM" --precision "$prec" "$LIMG"; then
+            python3 "$SRC_DIR/tools/compare_dets.py" "$T/p-f32.json" "$T/p-$prec-$mode.json" --json >"$T/cmp.json"
+            check "$prec ($mode compute): >= $share of f32 detections matched, score diff <= $sdiff" \
+                py expr "$T/cmp.json" json "d['matched_share'] >= $share and d['max_score_diff'] <= $sdiff"
+        fi
+    done
+fi
 expect_error "bench bad --size" 2 "--size" -- bench --size huge
 
 # ---- usage errors -> exit 2 ---------------------------------------------------

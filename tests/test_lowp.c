@@ -178,6 +178,37 @@ static void test_softmax_unnorm(ops_ctx *c)
     }
 }
 
+/* bf16-packed weights in an F32 context (CPUs whose bf16 is slow) are
+ * widened to f32: the product must be the f32 one of the bf16-rounded
+ * weights, also when three weights take turns in the two widened slots. */
+static void test_widened(const float *a, const float *w, const float *bias, const float *c0)
+{
+    static float wr[3][N * K], out[M * LDC];
+    static double want[M * N];
+    ops_ctx *c = NULL;
+    hadm_error err = {0};
+    CHECK(ops_ctx_new(2, &c, &err) == HADM_OK, "%s", err.msg);
+    ops_packed *pk[3] = {0};
+    for (int j = 0; j < 3; j++) {
+        for (int i = 0; i < N * K; i++)
+            wr[j][i] = ops_bf16_to_f32(ops_f32_to_bf16(w[i] * (float)(j + 1) - 0.01f * (float)j));
+        ops_wpart part = {wr[j], OPS_SRC_F32, NULL, N};
+        CHECK(ops_pack_parts(c, M, K, &part, 1, OPS_BF16, &pk[j], &err) == HADM_OK, "pack: %s", err.msg);
+    }
+    static const int order[] = {0, 1, 2, 0, 2, 1, 1};
+    for (int o = 0; o < 7 && pk[2]; o++) {
+        int j = order[o], acc = o % 2;
+        memcpy(out, c0, sizeof out);
+        run(c, pk[j], a, bias, acc, out);
+        reference(a, wr[j], bias, acc ? c0 : NULL, want);
+        double e = rel_err(out, want);
+        CHECK(e < 1e-5, "widened bf16 weight %d (turn %d, acc %d): %.3g from the f32 product", j, o, acc, e);
+    }
+    for (int j = 0; j < 3; j++)
+        ops_packed_free(pk[j]);
+    ops_ctx_free(c);
+}
+
 /* ops_matmul_swiglu_ln must give exactly what the unfused ops give (matmul,
  * silu_mul, layernorm) for f32, bf16 and int8 weights, and the f32 one the
  * double-precision SwiGLU + LayerNorm. */
@@ -345,6 +376,7 @@ int main(void)
     ops_ctx *c = NULL;
     hadm_error err = {0};
     CHECK(ops_ctx_new(2, &c, &err) == HADM_OK, "%s", err.msg);
+    ops_ctx_set_compute(c, OPS_BF16);   /* bf16 weights computed in bf16, whatever this CPU prefers */
     test_u8_rows(c, a);
     test_softmax_unnorm(c);
     test_swiglu_ln(c, a, w, bias);
@@ -392,5 +424,6 @@ int main(void)
     test_conv_int8();
     test_s8_rows();
     test_attention_int8();
+    test_widened(a, w, bias, c0);
     return test_finish();
 }

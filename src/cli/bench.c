@@ -15,6 +15,7 @@
 #include "cli/cli.h"
 #include "engine/config.h"
 #include "engine/synth.h"
+#include "ops/ops.h"
 #include "util/timer.h"
 
 #define PEAK_DIM 4096          /* the products of the peak: 4096^3 and 4096x1024x5460 */
@@ -333,12 +334,20 @@ static void both_child(const void *arg, prec_report *r)
 
 /* ---- report ------------------------------------------------------------- */
 
-/* The ceiling a precision's achieved rate is divided by: its own matmul
- * type's (int8 runs its ViT Linears in s8, the rest in f32; the s8 rate is
- * the stricter yardstick). */
+/* The matmul type a precision computes in: bf16 computes in f32 on CPUs
+ * whose bf16 dot product is not clearly faster (ops_bf16_native). */
+static const char *compute_of(int p)
+{
+    return p == 0 ? "f32" : p == 1 ? (ops_bf16_native() ? "bf16" : "f32") : "s8";
+}
+
+/* The ceiling a precision's achieved rate is divided by: its own compute
+ * type's (int8 runs its Linears, convolutions and Q·Kᵀ in s8, the rest in
+ * f32; the s8 rate is the stricter yardstick). */
 static double ceiling_of(const bench_ceilings *c, int p)
 {
-    return p == 0 ? c->f32 : p == 1 ? c->bf16 : c->s8;
+    const char *t = compute_of(p);
+    return !strcmp(t, "f32") ? c->f32 : !strcmp(t, "bf16") ? c->bf16 : c->s8;
 }
 
 static void print_text(const bench_args *a, const bench_ceilings *c, const prec_report *r)
@@ -372,7 +381,10 @@ static void print_text(const bench_args *a, const bench_ceilings *c, const prec_
                q->stage.preprocess, q->stage.backbone, q->stage.fpn, q->stage.rpn, q->stage.roi_heads,
                q->stage.postprocess);
         printf("  work:    %.1f GFLOP, %.1f GFLOP/s achieved = %.1f%% of the %s matmul ceiling\n", q->gflop,
-               achieved, 100.0 * achieved / ceiling_of(c, p), p == 2 ? "s8" : PREC_NAME[p]);
+               achieved, 100.0 * achieved / ceiling_of(c, p), compute_of(p));
+        if (p == 1 && !ops_bf16_native())
+            printf("  note:    bf16 weights widened to f32 per layer: this CPU's bf16 dot product is not\n"
+                   "           faster than its f32 FMA (HADM_BF16_COMPUTE=native forces bf16 compute)\n");
         printf("  memory:  peak RSS %.2f GB", (double)q->peak_rss_bytes / 1e9);
         if (q->both_rss_bytes)
             printf("; HADM-L + HADM-G loaded, forwards L, G, L: peak RSS %.2f GB",
@@ -401,11 +413,11 @@ static void print_json(const bench_args *a, const bench_ceilings *c, const prec_
         printf("%s\n  \"%s\": {\"load_s\": %.6g, \"forward_s\": %.6g, \"stage_s\": {\"preprocess\": %.6g, "
                "\"backbone\": %.6g, \"fpn\": %.6g, \"rpn\": %.6g, \"roi_heads\": %.6g, \"postprocess\": %.6g}, "
                "\"gflop\": %.6g, \"achieved_gflops\": %.6g, \"ratio_to_peak\": %.6g, \"speedup_vs_f32\": %.6g, "
-               "\"peak_rss_bytes\": %lld, \"both_models_peak_rss_bytes\": %lld}",
+               "\"peak_rss_bytes\": %lld, \"both_models_peak_rss_bytes\": %lld, \"compute\": \"%s\"}",
                sep, PREC_NAME[p], q->load_s, q->forward_s, q->stage.preprocess, q->stage.backbone, q->stage.fpn,
                q->stage.rpn, q->stage.roi_heads, q->stage.postprocess, q->gflop, achieved,
                achieved / ceiling_of(c, p), r[0].ok ? r[0].forward_s / q->forward_s : 0.0,
-               q->peak_rss_bytes, q->both_rss_bytes);
+               q->peak_rss_bytes, q->both_rss_bytes, compute_of(p));
         sep = ",";
     }
     printf("}}\n");

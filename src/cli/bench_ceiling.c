@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli/bench.h"
+#include "ops/cpu/isa.h"
 #include "ops/ops.h"
 #include "util/err.h"
 #include "util/timer.h"
@@ -190,64 +191,29 @@ hadm_status bench_measure_bandwidth(int threads, bench_ceilings *ceil, hadm_erro
     return HADM_OK;
 }
 
-/* ---- instruction peaks ---------------------------------------------------
- * Ten independent accumulators per loop (more than latency x ports on any
- * AVX-512 core), so the loop runs at the unit's throughput. Operands are
- * 1.0: denormal inputs would take a microcode assist on every FMA. */
+/* ---- instruction peaks (loops in ops/cpu/isa.h) ---------------------- */
 #define ISA_ITERS 20000000L
-#define ISA_LOOP(insn)                                                                  \
-    __asm__ volatile("vbroadcastss %1, %%zmm14\n vbroadcastss %1, %%zmm15\n"                   \
-                     "vpxord %%zmm0, %%zmm0, %%zmm0\n vmovaps %%zmm0, %%zmm1\n"                     \
-                     "vmovaps %%zmm0, %%zmm2\n vmovaps %%zmm0, %%zmm3\n vmovaps %%zmm0, %%zmm4\n"    \
-                     "vmovaps %%zmm0, %%zmm5\n vmovaps %%zmm0, %%zmm6\n vmovaps %%zmm0, %%zmm7\n"    \
-                     "vmovaps %%zmm0, %%zmm8\n vmovaps %%zmm0, %%zmm9\n"                            \
-                     "1:\n" insn " %%zmm14, %%zmm15, %%zmm0\n" insn " %%zmm14, %%zmm15, %%zmm1\n"  \
-                     insn " %%zmm14, %%zmm15, %%zmm2\n" insn " %%zmm14, %%zmm15, %%zmm3\n"          \
-                     insn " %%zmm14, %%zmm15, %%zmm4\n" insn " %%zmm14, %%zmm15, %%zmm5\n"          \
-                     insn " %%zmm14, %%zmm15, %%zmm6\n" insn " %%zmm14, %%zmm15, %%zmm7\n"          \
-                     insn " %%zmm14, %%zmm15, %%zmm8\n" insn " %%zmm14, %%zmm15, %%zmm9\n"          \
-                     "dec %0\n jnz 1b\n"                                                        \
-                     : "+r"(n) : "m"(one) : "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", \
-                       "zmm9", "zmm14", "zmm15", "cc")
 
 typedef struct {
-    int kind;       /* 0 f32 FMA, 1 bf16 dot, 2 u8 x s8 dot */
+    int kind;       /* OPS_ISA_F32_FMA, OPS_ISA_BF16_DOT or OPS_ISA_U8S8_DOT */
     double rate;    /* operations per second on this thread */
 } isa_job;
 
 static void *isa_worker(void *arg)
 {
     isa_job *j = arg;
-    static const double ops_per_insn[3] = {32, 64, 128};   /* per 512-bit instruction */
-    double best = 0;
-    for (int rep = 0; rep < 3; rep++) {
-        long n = ISA_ITERS;
-        const float one = 1.0f;
-        double t0 = hadm_now();
-        if (j->kind == 0)
-            ISA_LOOP("vfmadd231ps");
-        else if (j->kind == 1)
-            ISA_LOOP("vdpbf16ps");
-        else
-            ISA_LOOP("vpdpbusd");
-        double rate = ISA_ITERS * 10.0 * ops_per_insn[j->kind] / (hadm_now() - t0);
-        best = rate > best ? rate : best;
-    }
-    j->rate = best;
+    j->rate = ops_isa_rate(j->kind, ISA_ITERS);
     return NULL;
 }
 
 void bench_measure_isa(int threads, bench_ceilings *ceil)
 {
-    __builtin_cpu_init();
-    int have[3] = {__builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bf16"),
-                   __builtin_cpu_supports("avx512vnni")};
     double *out[3] = {&ceil->isa_f32, &ceil->isa_bf16, &ceil->isa_s8};
     int nt = threads < 1 ? 1 : threads > 64 ? 64 : threads;
     for (int k = 0; k < 3; k++) {
         *out[k] = 0;
-        if (!have[k])
-            continue;
+        if (!ops_isa_rate(k, 1))
+            continue;   /* not on this CPU */
         pthread_t tid[64];
         isa_job jobs[64];
         int created[64] = {0};

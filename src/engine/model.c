@@ -432,9 +432,11 @@ hadm_status model_ctx_acquire(struct hadm_model *m, ops_ctx **out, hadm_error *e
     }
     hadm_status s = ops_ctx_new(m->threads, out, err);
     /* int8 runs the convolutions and attention's Q·Kᵀ in int8 too, but P·V
-     * in f32: most probabilities of a 4096-key row are below u8's step. */
+     * in f32: most probabilities of a 4096-key row are below u8's step.
+     * bf16 computes in bf16 only where the CPU does that faster than f32;
+     * elsewhere its bf16-packed weights are widened per layer (ops.h). */
     if (!s)
-        ops_ctx_set_compute(*out, m->precision == HADM_PRECISION_BF16 ? OPS_BF16
+        ops_ctx_set_compute(*out, m->precision == HADM_PRECISION_BF16 && ops_bf16_native() ? OPS_BF16
                                   : m->precision == HADM_PRECISION_INT8 ? OPS_S8 : OPS_F32);
     return s;
 }

@@ -62,6 +62,12 @@ ops_dtype ops_packed_dtype(const ops_packed *p);
  * everything else stay f32. */
 void ops_ctx_set_compute(ops_ctx *c, ops_dtype t);
 ops_dtype ops_ctx_compute(const ops_ctx *c);
+/* Whether this CPU multiplies bf16 clearly faster than f32 (its bf16 dot
+ * product measured against its f32 FMA once per process, ~3 ms;
+ * HADM_BF16_COMPUTE=native|f32 overrides). Where it does not, a bf16 model
+ * keeps its weights packed in bf16 but computes in f32: an F32 context
+ * widens bf16-packed weights to f32 per use (one layer at a time). */
+int ops_bf16_native(void);
 /* Element conversions used by the loader and the quantizer. */
 float ops_bf16_to_f32(uint16_t h);
 uint16_t ops_f32_to_bf16(float f);   /* round to nearest even */

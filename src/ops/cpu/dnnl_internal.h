@@ -41,6 +41,15 @@ struct ops_ctx {
     size_t lowp_cap;
     void *convb;              /* quantised im2col rows of an int8 convolution */
     size_t convb_cap;
+    /* bf16-packed weights widened to f32 for an F32 context: two, so that
+     * the MLP's w12 and w3 stay widened across its row chunks */
+    struct {
+        const struct ops_packed *src;
+        struct ops_packed *f32;   /* its data is buf */
+        void *buf;
+        size_t cap;
+        uint64_t last_use;
+    } wide[2];
 };
 
 struct ops_packed {
@@ -95,6 +104,12 @@ dnnl_data_type_t cpu_dnnl_type(ops_dtype t);
 
 /* The f32 matmul path (dnnl_ops.c) and the packed reduced-precision one
  * (dnnl_lowp.c) it hands bf16/s8 weights to. */
+/* Buffers straight from mmap (dnnl_ops.c), so that releasing one really
+ * returns its pages: grown to `bytes` (contents lost), or released. */
+void *cpu_buffer_grow(void **buf, size_t *cap, size_t bytes);
+void cpu_buffer_release(void **buf, size_t *cap);
+/* Frees the widened weights (dnnl_lowp.c); called by ops_scratch_release. */
+void cpu_wide_release(ops_ctx *c);
 hadm_status cpu_gemm_lowp(ops_ctx *c, const ops_gemm *g, const ops_packed *pk, hadm_error *err);
 
 #endif

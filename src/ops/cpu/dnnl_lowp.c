@@ -238,10 +238,53 @@ hadm_status ops_matmul_swiglu_ln(ops_ctx *c, const ops_gemm *g, float *h, const 
     return HADM_OK;
 }
 
+void cpu_wide_release(ops_ctx *c)
+{
+    for (int i = 0; i < 2; i++) {
+        cpu_buffer_release(&c->wide[i].buf, &c->wide[i].cap);
+        free(c->wide[i].f32);
+        c->wide[i].f32 = NULL;
+        c->wide[i].src = NULL;
+    }
+}
+
+/* pk (bf16) widened to f32 in the layout an f32 matmul packed for the same
+ * shape takes: kept in one of two slots (least recently used goes), so a
+ * layer's row chunks widen it once per forward. */
+static hadm_status widened(ops_ctx *c, const ops_packed *pk, const ops_packed **out, hadm_error *err)
+{
+    int i = c->wide[0].src == pk ? 0 : c->wide[1].src == pk ? 1 : -1;
+    if (i < 0) {
+        i = c->wide[0].last_use <= c->wide[1].last_use ? 0 : 1;
+        c->wide[i].src = NULL;
+        ops_packed *w = c->wide[i].f32;
+        if (!w && !(w = c->wide[i].f32 = calloc(1, sizeof *w)))
+            return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (widened weights)");
+        hadm_status s = packed_layout(c, pk->M, pk->N, pk->K, OPS_F32, &w->md, err);
+        if (s)
+            return s;
+        w->M = pk->M, w->N = pk->N, w->K = pk->K, w->dt = OPS_F32;
+        w->bytes = dnnl_memory_desc_get_size(&w->md);
+        if (!(w->data = cpu_buffer_grow(&c->wide[i].buf, &c->wide[i].cap, w->bytes)))
+            return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (widened weights)");
+        if ((s = cpu_reorder(c, &pk->md, pk->data, &w->md, w->data, err)))
+            return s;
+        c->wide[i].src = pk;
+    }
+    c->wide[i].last_use = ++c->clock;
+    *out = c->wide[i].f32;
+    return HADM_OK;
+}
+
 hadm_status cpu_gemm_lowp(ops_ctx *c, const ops_gemm *g, const ops_packed *pk, hadm_error *err)
 {
     if (pk->dt == OPS_S8)
         return gemm_int8(c, g, pk, err);
+    if (c->compute == OPS_F32 && !g->a_converted) {
+        ops_gemm wg = *g;
+        hadm_status s = widened(c, pk, &wg.packed, err);
+        return s ? s : ops_matmul(c, &wg, err);
+    }
     const void *a = g->A;
     if (!g->a_converted) {
         void *buf = ops_lowp_buffer(c, (size_t)g->M * g->K * sizeof(uint16_t));

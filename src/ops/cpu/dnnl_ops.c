@@ -67,7 +67,7 @@ ops_dtype ops_ctx_compute(const ops_ctx *c) { return c->compute; }
 
 /* Buffers come straight from mmap so that releasing them really returns
  * the pages (malloc would keep large freed blocks in its heap). */
-static void *buffer_grow(void **buf, size_t *cap, size_t bytes)
+void *cpu_buffer_grow(void **buf, size_t *cap, size_t bytes)
 {
     if (*cap < bytes) {
         if (*buf)
@@ -83,7 +83,7 @@ static void *buffer_grow(void **buf, size_t *cap, size_t bytes)
     return *buf;
 }
 
-static void buffer_release(void **buf, size_t *cap)
+void cpu_buffer_release(void **buf, size_t *cap)
 {
     if (*buf)
         munmap(*buf, *cap);
@@ -91,8 +91,8 @@ static void buffer_release(void **buf, size_t *cap)
     *cap = 0;
 }
 
-void *ops_lowp_buffer(ops_ctx *c, size_t bytes) { return buffer_grow(&c->lowp, &c->lowp_cap, bytes); }
-void *ops_conv_buffer(ops_ctx *c, size_t bytes) { return buffer_grow(&c->convb, &c->convb_cap, bytes); }
+void *ops_lowp_buffer(ops_ctx *c, size_t bytes) { return cpu_buffer_grow(&c->lowp, &c->lowp_cap, bytes); }
+void *ops_conv_buffer(ops_ctx *c, size_t bytes) { return cpu_buffer_grow(&c->convb, &c->convb_cap, bytes); }
 int ops_u8_levels(const ops_ctx *c) { return c->u8_levels; }
 double ops_ctx_flops(const ops_ctx *c) { return c->flops; }
 void ops_ctx_reset_flops(ops_ctx *c) { c->flops = 0; }
@@ -110,21 +110,22 @@ float *ops_scratch(ops_ctx *c, int slot, size_t nfloats)
 {
     if (slot < 0 || slot >= OPS_SCRATCH_SLOTS)
         return NULL;
-    return buffer_grow((void **)&c->slot[slot], &c->slot_cap[slot], nfloats * sizeof(float));
+    return cpu_buffer_grow((void **)&c->slot[slot], &c->slot_cap[slot], nfloats * sizeof(float));
 }
 
 void ops_scratch_free(ops_ctx *c, int slot)
 {
     if (slot >= 0 && slot < OPS_SCRATCH_SLOTS)
-        buffer_release((void **)&c->slot[slot], &c->slot_cap[slot]);
+        cpu_buffer_release((void **)&c->slot[slot], &c->slot_cap[slot]);
 }
 
 void ops_scratch_release(ops_ctx *c)
 {
     for (int i = 0; i < OPS_SCRATCH_SLOTS; i++)
-        buffer_release((void **)&c->slot[i], &c->slot_cap[i]);
-    buffer_release(&c->lowp, &c->lowp_cap);
-    buffer_release(&c->convb, &c->convb_cap);
+        cpu_buffer_release((void **)&c->slot[i], &c->slot_cap[i]);
+    cpu_buffer_release(&c->lowp, &c->lowp_cap);
+    cpu_buffer_release(&c->convb, &c->convb_cap);
+    cpu_wide_release(c);
 }
 
 cache_entry *cpu_cache_find(ops_ctx *c, const int64_t *key)
@@ -256,6 +257,7 @@ static hadm_status gemm_run(ops_ctx *c, const ops_gemm *g, int batch, int64_t sa
                               sc, g->bias != NULL, g->accumulate};
     key[15] = (int64_t)(intptr_t)pk;
     key[16] = g->ab_bf16 | g->ab_int8 << 1;
+    key[17] = pk ? pk->M : 0;   /* a widened bf16 weight's slot serves several layouts */
     cache_entry *e = cpu_cache_find(c, key);
     hadm_status s = HADM_OK;
     if (!e) {
