@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli/doctor.h"
+#include "ops/ops.h"
 
 #define GB (1024.0 * 1024 * 1024)
 
@@ -76,8 +77,11 @@ void doctor_check_cpu(doctor_report *r)
         doctor_add(r, "cpu", CHECK_WARN, "an AVX-512 CPU runs the matmuls about twice as fast",
                    "%s: %s (f32 runs on AVX2; bf16/int8 models gain little here)", brand, feats);
     else
-        doctor_add(r, "cpu", CHECK_OK, NULL, "%s: %s%s", brand, feats,
-                   bf16 && vnni ? " (bf16 and int8 models run at full speed)" : "");
+        doctor_add(r, "cpu", CHECK_OK, NULL, "%s: %s%s%s", brand, feats,
+                   vnni ? "; int8 runs on VNNI" : "",
+                   !bf16 ? "" : ops_bf16_native() ? "; bf16 computes in bf16"
+                                                  : "; bf16 computes in f32 (this CPU's bf16 dot product is not "
+                                                    "faster than its f32 FMA), weights stay bf16");
 
     int quota = 0, n = usable_cpus(&quota);
     long online = sysconf(_SC_NPROCESSORS_ONLN);
