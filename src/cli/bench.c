@@ -4,6 +4,7 @@
  * machine (DESIGN.md "Command line"). Each precision runs in its own child
  * process, so its peak RSS is its own. */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,7 +55,9 @@ static void bench_usage(FILE *out)
             "MLP shape, %d for tiny) and memory bandwidth, then times forwards of a synthetic\n"
             "HADM-L (default full size) on a %dx%d image in each precision (default all):\n"
             "median seconds per stage, GFLOP counted by the engine, achieved GFLOP/s, its\n"
-            "ratio to the ceiling, speed-up over f32, and peak RSS.\n"
+            "ratio to the ceiling, speed-up over f32, and peak RSS. Each precision runs in\n"
+            "its own process, their forwards in turns (f32, bf16, int8, f32, ...), so that\n"
+            "the ratios compare forwards seconds apart on a machine whose speed drifts.\n"
             "  --reps N     timed forwards after one warm-up (default 3)\n"
             "  --model F    time this model file instead of a synthetic one\n"
             "  --rss-both   also load HADM-L and HADM-G together in each precision, run\n"
@@ -152,10 +155,21 @@ static int parse_bench_args(int argc, char **argv, bench_args *a)
 /* Runs fn(arg, report) in a child process and returns its report: the
  * child's memory (a 1.4 GB synthetic build buffer, one precision's weights)
  * never counts in another measurement's peak RSS. */
-static int in_child(void (*fn)(const void *arg, prec_report *r), const void *arg, prec_report *out)
+typedef struct {
+    pid_t pid;
+    int report;   /* read end of the pipe the child's report comes through */
+} child;
+
+/* Parent-side ends of the forward children's turn pipes: every child closes
+ * them, so that a child's exit is seen as end-of-file by the parent alone. */
+static int turn_fds[4 * NPREC], n_turn_fds;
+
+static int child_spawn(void (*fn)(const void *arg, prec_report *r), const void *arg, child *ch,
+                       prec_report *out)
 {
     int fd[2];
     memset(out, 0, sizeof *out);
+    ch->pid = -1, ch->report = -1;
     if (pipe(fd)) {
         snprintf(out->error, sizeof out->error, "pipe: %s", strerror(errno));
         return 1;
@@ -164,30 +178,49 @@ static int in_child(void (*fn)(const void *arg, prec_report *r), const void *arg
     pid_t pid = fork();
     if (pid == 0) {
         close(fd[0]);
+        for (int i = 0; i < n_turn_fds; i++)
+            close(turn_fds[i]);
         prec_report r = {0};
         fn(arg, &r);
         ssize_t n = write(fd[1], &r, sizeof r);
         _exit(n == (ssize_t)sizeof r ? 0 : 1);
     }
     close(fd[1]);
+    ch->pid = pid, ch->report = fd[0];
+    if (pid < 0) {
+        close(fd[0]);
+        snprintf(out->error, sizeof out->error, "the measuring process could not start");
+        return 1;
+    }
+    return 0;
+}
+
+static int child_collect(child *ch, prec_report *out)
+{
     ssize_t got = 0;
-    while (pid > 0 && got < (ssize_t)sizeof *out) {
-        ssize_t n = read(fd[0], (char *)out + got, sizeof *out - (size_t)got);
+    while (got < (ssize_t)sizeof *out) {
+        ssize_t n = read(ch->report, (char *)out + got, sizeof *out - (size_t)got);
         if (n <= 0 && !(n < 0 && errno == EINTR))
             break;
         got += n > 0 ? n : 0;
     }
-    close(fd[0]);
+    close(ch->report);
     int status = 0;
-    while (pid > 0 && waitpid(pid, &status, 0) < 0 && errno == EINTR)
+    while (waitpid(ch->pid, &status, 0) < 0 && errno == EINTR)
         ;
-    if (pid < 0 || got != (ssize_t)sizeof *out) {
+    if (got != (ssize_t)sizeof *out) {
         memset(out, 0, sizeof *out);
         snprintf(out->error, sizeof out->error, "the measuring process %s",
-                 pid < 0 ? "could not start" : WIFSIGNALED(status) ? "was killed by a signal" : "failed");
+                 WIFSIGNALED(status) ? "was killed by a signal" : "failed");
         return 1;
     }
     return !out->ok;
+}
+
+static int in_child(void (*fn)(const void *arg, prec_report *r), const void *arg, prec_report *out)
+{
+    child ch;
+    return child_spawn(fn, arg, &ch, out) || child_collect(&ch, out);
 }
 
 typedef struct {
@@ -236,7 +269,23 @@ typedef struct {
     int prec;
     const char *paths[2];       /* HADM-L, and HADM-G for the both-models run */
     int threads;
+    int go, done;               /* turn pipes (child ends), -1 when ungated */
 } forward_job;
+
+/* A gated forward waits for its turn and reports its end, so that the
+ * precisions' forwards alternate instead of running minutes apart. */
+static int wait_turn(const forward_job *j)
+{
+    char b;
+    return j->go < 0 || read(j->go, &b, 1) == 1 ? 0 : 1;
+}
+
+static void end_turn(const forward_job *j)
+{
+    char b = 1;
+    if (j->done >= 0 && write(j->done, &b, 1) != 1)
+        return;   /* the parent is gone; the report write will fail too */
+}
 
 static long long peak_rss(void)
 {
@@ -246,7 +295,7 @@ static long long peak_rss(void)
 }
 
 /* One warm-up forward (primitive creation, weight packing), then reps timed
- * ones; per-stage medians. */
+ * ones, each when its turn comes; per-stage medians. */
 static void forward_child(const void *arg, prec_report *r)
 {
     const forward_job *j = arg;
@@ -269,7 +318,13 @@ static void forward_child(const void *arg, prec_report *r)
         if (!j->a->json)
             fprintf(stderr, "hadm: %s: %s forward %d/%d...\n", PREC_NAME[j->prec], i < 0 ? "warm-up" : "timed",
                     i < 0 ? 1 : i + 1, i < 0 ? 1 : j->a->reps);
-        if (hadm_detect(m, &img, &dopt, &res, &err)) {
+        if (wait_turn(j)) {
+            snprintf(r->error, sizeof r->error, "lost the bench's parent process");
+            goto done;
+        }
+        int failed = hadm_detect(m, &img, &dopt, &res, &err);
+        end_turn(j);
+        if (failed) {
             snprintf(r->error, sizeof r->error, "forward: %.500s", err.msg);
             goto done;
         }
@@ -492,6 +547,63 @@ static int make_models(const bench_args *a, char paths[2][4096])
     return 0;
 }
 
+/* Every wanted precision in its own process, all started at once (each
+ * holds its model), their forwards taken in turns: warm-ups, then timed
+ * forward 1 of each precision, then 2... On a shared machine whose speed
+ * drifts over minutes, the ratios then compare forwards seconds apart.
+ * The both-models runs follow, one process at a time. */
+static int run_forwards(const bench_args *a, int threads, const char *l_path, const char *g_path,
+                        prec_report *r)
+{
+    forward_job fj[NPREC];
+    child ch[NPREC];
+    int go[NPREC], done[NPREC], piped[NPREC] = {0}, alive[NPREC] = {0}, rc = 0;
+    signal(SIGPIPE, SIG_IGN);   /* a child that failed closes its turn pipe */
+    n_turn_fds = 0;
+    for (int p = 0; p < NPREC; p++) {
+        int gp[2], dp[2];
+        ch[p].pid = -1;
+        if (!a->want[p])
+            continue;
+        fj[p] = (forward_job){a, p, {l_path, g_path}, threads, -1, -1};
+        if (pipe(gp) || (pipe(dp) && (close(gp[0]), close(gp[1]), 1))) {
+            snprintf(r[p].error, sizeof r[p].error, "pipe: %s", strerror(errno));
+            continue;
+        }
+        fj[p].go = gp[0], fj[p].done = dp[1];
+        go[p] = gp[1], done[p] = dp[0], piped[p] = 1;
+        turn_fds[n_turn_fds++] = gp[1], turn_fds[n_turn_fds++] = dp[0];
+        alive[p] = !child_spawn(forward_child, &fj[p], &ch[p], &r[p]);
+        close(gp[0]), close(dp[1]);
+    }
+    for (int step = 0; step <= a->reps; step++)
+        for (int p = 0; p < NPREC; p++) {
+            char b = 1;
+            if (alive[p] && (write(go[p], &b, 1) != 1 || read(done[p], &b, 1) != 1))
+                alive[p] = 0;   /* it failed: its report says why */
+        }
+    for (int p = 0; p < NPREC; p++) {
+        if (piped[p])
+            close(go[p]), close(done[p]);
+        if (ch[p].pid > 0)
+            child_collect(&ch[p], &r[p]);
+    }
+    n_turn_fds = 0;   /* closed: their numbers may be reused from here on */
+    for (int p = 0; p < NPREC; p++) {
+        if (!a->want[p])
+            continue;
+        if (r[p].ok && a->rss_both) {
+            prec_report both;
+            if (in_child(both_child, &fj[p], &both))
+                snprintf(r[p].error, sizeof r[p].error, "both models: %.500s", both.error), r[p].ok = 0;
+            r[p].both_rss_bytes = both.both_rss_bytes;
+        }
+        if (!r[p].ok)
+            rc = 1;
+    }
+    return rc;
+}
+
 int cmd_bench(int argc, char **argv)
 {
     bench_args a;
@@ -511,20 +623,8 @@ int cmd_bench(int argc, char **argv)
     rc = a.model_path ? 0 : make_models(&a, paths);
     prec_report r[NPREC];
     memset(r, 0, sizeof r);
-    for (int p = 0; !rc && p < NPREC; p++) {
-        if (!a.want[p])
-            continue;
-        forward_job fj = {&a, p, {a.model_path ? a.model_path : paths[0], paths[1]}, c.threads};
-        in_child(forward_child, &fj, &r[p]);
-        prec_report both;
-        if (r[p].ok && a.rss_both) {
-            if (in_child(both_child, &fj, &both))
-                snprintf(r[p].error, sizeof r[p].error, "both models: %.500s", both.error), r[p].ok = 0;
-            r[p].both_rss_bytes = both.both_rss_bytes;
-        }
-        if (!r[p].ok)
-            rc = 1;
-    }
+    if (!rc)
+        rc = run_forwards(&a, c.threads, a.model_path ? a.model_path : paths[0], paths[1], r);
     for (int i = 0; i < 2; i++)
         if (paths[i][0])
             unlink(paths[i]);
