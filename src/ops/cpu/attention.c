@@ -77,6 +77,15 @@ static void copy_transposed(ops_ctx *c, const float *x, int64_t ld, int N, int h
         }
 }
 
+/* Queries per tile, and the number of heads whose scores for one tile fit
+ * the score budget (returned). */
+static int score_tiles(int N, int heads, int *tile)
+{
+    *tile = N < QUERY_TILE ? N : QUERY_TILE;
+    int group = (int)(SCORE_BUDGET / ((int64_t)*tile * N));
+    return group < 1 ? 1 : group > heads ? heads : group;
+}
+
 /* The int8 context's attention: Q·Kᵀ as u8 x s8 -> s32 (queries per row
  * with a zero point, keys symmetric, one scale per token and head), whose
  * sums the softmax turns into f32 scores row by row; P·V stays f32, because
@@ -85,9 +94,7 @@ static hadm_status attention_int8(ops_ctx *c, int N, int heads, int hd, float sc
                                   const float *k, const float *v, int64_t ld, float *out, int64_t ldo,
                                   hadm_error *err)
 {
-    int tile = N < QUERY_TILE ? N : QUERY_TILE, levels = ops_u8_levels(c);
-    int group = (int)(SCORE_BUDGET / ((int64_t)tile * N));
-    group = group < 1 ? 1 : group > heads ? heads : group;
+    int tile, group = score_tiles(N, heads, &tile), levels = ops_u8_levels(c);
     int64_t hsz = (int64_t)N * hd, kn = (int64_t)heads * N;
     size_t ssz = (size_t)group * tile * N, qsz = (size_t)group * tile * hd, isz = (size_t)group * tile;
     /* floats: scores (s32, then f32), output tile, V, and per query row
@@ -148,9 +155,7 @@ hadm_status ops_attention(ops_ctx *c, int N, int heads, int hd, float scale, con
         return attention_int8(c, N, heads, hd, scale, q, k, v, ld, out, ldo, err);
     int bf16 = ops_ctx_compute(c) == OPS_BF16;
     size_t esz = bf16 ? 2 : 4;
-    int tile = N < QUERY_TILE ? N : QUERY_TILE;
-    int group = (int)(SCORE_BUDGET / ((int64_t)tile * N));
-    group = group < 1 ? 1 : group > heads ? heads : group;
+    int tile, group = score_tiles(N, heads, &tile);
     int64_t hsz = (int64_t)N * hd;
     size_t ssz = (size_t)group * tile * N, qsz = (size_t)group * tile * hd;
     /* floats: scores, bf16 probabilities (bf16 only), query tile, output tile, K, V,

@@ -191,40 +191,6 @@ void ops_softmax_rows_unnorm(ops_ctx *c, int64_t rows, int n, float *x, int64_t 
         softmax_row(x + r * ldx, n, y ? y + r * ldy : NULL, &inv_sum[r]);
 }
 
-/* Scores of one row from s32 sums to f32, in place (see cpu.h). */
-static void scores_from_s32(int32_t *x, int n, float rs, int32_t rz, const float *cs, const int32_t *colsum)
-{
-    float *f = (float *)x;
-    __m256i z = _mm256_set1_epi32(rz);
-    __m256 s = _mm256_set1_ps(rs);
-    int j = 0;
-    for (; j + 8 <= n; j += 8) {
-        __m256i d = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(x + j)),
-                                     _mm256_mullo_epi32(z, _mm256_loadu_si256((const __m256i *)(colsum + j))));
-        _mm256_storeu_ps(f + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(d), s), _mm256_loadu_ps(cs + j)));
-    }
-    for (; j < n; j++)
-        f[j] = (float)(x[j] - rz * colsum[j]) * rs * cs[j];
-}
-
-void ops_softmax_rows_unnorm_s32(ops_ctx *c, int64_t rows, int n, int32_t *x, int64_t ldx, int rows_per_head,
-                                 const float *row_scale, const int32_t *row_zero, const float *col_scale,
-                                 const int32_t *colsum, float *inv_sum)
-{
-    int wide = ops_have_avx512();
-    ops_ctx_enter(c);
-#pragma omp parallel for schedule(static) if (rows * n > PAR_MIN)
-    for (int64_t r = 0; r < rows; r++) {
-        int64_t h = r / rows_per_head;
-        int32_t *xr = x + r * ldx;
-        scores_from_s32(xr, n, row_scale[r], row_zero[r], col_scale + h * n, colsum + h * n);
-        if (wide)
-            ops_softmax_row_unnorm512((float *)xr, n, &inv_sum[r]);
-        else
-            softmax_row((float *)xr, n, NULL, &inv_sum[r]);
-    }
-}
-
 void ops_rows_to_bf16(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, uint16_t *y)
 {
     ops_ctx_enter(c);
@@ -381,6 +347,25 @@ void ops_int8_swiglu_ln(ops_ctx *c, int M, int F, int32_t *acc, int64_t ldacc, c
         int8_row(ar, 2 * F, row_scale[m], row_zero[m], col_scale, colsum, bias, h, 0);
         ops_silu_mul_row(h, h + F, F);
         ops_layernorm_row(h, F, g, b, eps, C + m * ldc);
+    }
+}
+
+void ops_softmax_rows_unnorm_s32(ops_ctx *c, int64_t rows, int n, int32_t *x, int64_t ldx, int rows_per_head,
+                                 const float *row_scale, const int32_t *row_zero, const float *col_scale,
+                                 const int32_t *colsum, float *inv_sum)
+{
+    int wide = ops_have_avx512();
+    ops_ctx_enter(c);
+#pragma omp parallel for schedule(static) if (rows * n > PAR_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t h = r / rows_per_head;
+        int32_t *xr = x + r * ldx;
+        /* the row's f32 scores replace its sums, in L1 */
+        int8_row(xr, n, row_scale[r], row_zero[r], col_scale + h * n, colsum + h * n, NULL, (float *)xr, 0);
+        if (wide)
+            ops_softmax_row_unnorm512((float *)xr, n, &inv_sum[r]);
+        else
+            softmax_row((float *)xr, n, NULL, &inv_sum[r]);
     }
 }
 
