@@ -99,10 +99,12 @@ static hadm_status heads(struct hadm_model *m, ops_ctx *c, job *j, const float *
     if ((s = fpn_forward(m, c, tokens, &b->maps, t, err)))
         return s;
     ops_scratch_release(c);
+    model_release_conv_sources(m);
     tm->fpn = hadm_now() - t1, t1 = hadm_now();
     if ((s = rpn_forward(m, c, &b->maps, &j->g, b->proposals, &R, t, err)))
         return s;
     ops_scratch_release(c);
+    model_release_conv_sources(m);
     tm->rpn = hadm_now() - t1, t1 = hadm_now();
     if ((s = roi_heads_forward(m, c, &b->maps, &j->g, b->proposals, R, b->scores, b->boxes, t, err)))
         return s;

@@ -435,10 +435,12 @@ hadm_status model_ctx_acquire(struct hadm_model *m, ops_ctx **out, hadm_error *e
      * in f32: most probabilities of a 4096-key row are below u8's step.
      * bf16 computes in bf16 only where the CPU does that faster than f32;
      * elsewhere its bf16-packed weights are widened per layer (ops.h). */
-    if (!s)
-        ops_ctx_set_compute(*out, m->precision == HADM_PRECISION_BF16 && ops_bf16_native() ? OPS_BF16
-                                  : m->precision == HADM_PRECISION_INT8 ? OPS_S8 : OPS_F32);
-    return s;
+    if (s)
+        return s;
+    ops_ctx_set_compute(*out, m->precision == HADM_PRECISION_BF16 && ops_bf16_native() ? OPS_BF16
+                              : m->precision == HADM_PRECISION_INT8 ? OPS_S8 : OPS_F32);
+    ops_ctx_keep_conv_weights(*out, m->precision != HADM_PRECISION_BF16);
+    return HADM_OK;
 }
 
 void model_ctx_release(struct hadm_model *m, ops_ctx *c)

@@ -102,10 +102,10 @@ hadm_status model_pack_block(const struct hadm_model *m, int i, ops_ctx *c, hadm
  * stage: the largest outside the ViT). */
 hadm_status model_pack_heads(const struct hadm_model *m, ops_ctx *c, hadm_error *err);
 
-/* Drops the mapped pages of the 3x3 convolution weights: after a forward
- * every context that ran it holds them packed in its primitive cache, so
- * the file's copy only costs memory (a context made later faults the pages
- * back in from the page cache). */
+/* Drops the mapped pages of the 3x3 convolution weights, after each stage
+ * that uses them: a context that ran the stage holds them packed (or, for a
+ * bf16 model, packs them again next forward), so the file's copy only costs
+ * memory until then; pages needed again fault back in from the page cache. */
 void model_release_conv_sources(const struct hadm_model *m);
 
 /* Frees every packed weight (model_pack.c; at close). */

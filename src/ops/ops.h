@@ -62,6 +62,11 @@ ops_dtype ops_packed_dtype(const ops_packed *p);
  * everything else stay f32. */
 void ops_ctx_set_compute(ops_ctx *c, ops_dtype t);
 ops_dtype ops_ctx_compute(const ops_ctx *c);
+/* Whether convolution weights, once reordered for their primitive, stay
+ * (the default) or go with the scratch memory at ops_scratch_release and
+ * are reordered again at their next use (~40 MB of weights per full-size
+ * model, a few ms per forward): for models opened to save memory. */
+void ops_ctx_keep_conv_weights(ops_ctx *c, int keep);
 /* Whether this CPU multiplies bf16 clearly faster than f32 (its bf16 dot
  * product measured against its f32 FMA once per process, ~3 ms;
  * HADM_BF16_COMPUTE=native|f32 overrides). Where it does not, a bf16 model

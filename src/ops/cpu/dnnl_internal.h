@@ -12,6 +12,19 @@
 #define CACHE_SLOTS 96
 #define OPS_MAX_N 16384
 #define KEY_WORDS 24
+#define CONV_WEIGHT_SLOTS 48
+
+/* A convolution weight reordered to the layout a primitive chose, found by
+ * the caller's weight pointer and that layout, so that the primitives of
+ * one weight at several input sizes (the RPN head on five levels) share
+ * one copy. */
+typedef struct {
+    const void *src;
+    dnnl_memory_desc_t md;
+    void *data;   /* cpu_pages_alloc memory */
+    size_t bytes;
+    uint64_t last_use;
+} conv_weight;
 
 typedef struct {
     int64_t key[KEY_WORDS];
@@ -20,7 +33,6 @@ typedef struct {
     dnnl_primitive_t prim;
     dnnl_primitive_desc_t pd;
     size_t scratch_bytes;
-    void *packed_w;   /* conv weights reordered to the primitive's layout (owned) */
     ops_packed *packed;   /* int8 conv weights as a matmul operand (owned) */
 } cache_entry;
 
@@ -50,6 +62,8 @@ struct ops_ctx {
         size_t cap;
         uint64_t last_use;
     } wide[2];
+    conv_weight convw[CONV_WEIGHT_SLOTS];
+    int keep_conv_weights;    /* see ops_ctx_keep_conv_weights */
 };
 
 struct ops_packed {
@@ -108,8 +122,16 @@ dnnl_data_type_t cpu_dnnl_type(ops_dtype t);
  * returns its pages: grown to `bytes` (contents lost), or released. */
 void *cpu_buffer_grow(void **buf, size_t *cap, size_t bytes);
 void cpu_buffer_release(void **buf, size_t *cap);
+/* Memory for weights and their packing: whole 4 KB pages from mmap. Freed
+ * weights then really return their pages (malloc leaves the holes between
+ * later allocations resident: ~200 MB after packing two full-size models),
+ * and no 2 MB huge page rounds a weight up. */
+void *cpu_pages_alloc(size_t bytes);
+void cpu_pages_free(void *p, size_t bytes);
 /* Frees the widened weights (dnnl_lowp.c); called by ops_scratch_release. */
 void cpu_wide_release(ops_ctx *c);
+/* Frees the packed convolution weights (conv.c). */
+void cpu_conv_weights_release(ops_ctx *c);
 hadm_status cpu_gemm_lowp(ops_ctx *c, const ops_gemm *g, const ops_packed *pk, hadm_error *err);
 
 #endif

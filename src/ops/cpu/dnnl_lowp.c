@@ -69,7 +69,8 @@ hadm_status ops_pack_parts(ops_ctx *c, int M, int K, const ops_wpart *parts, int
     hadm_status s = HADM_OK;
     ops_packed *p = calloc(1, sizeof *p);
     size_t esz = dtype_size(to);
-    void *plain = malloc((size_t)N * K * esz);
+    size_t plain_bytes = (size_t)N * K * esz;
+    void *plain = cpu_pages_alloc(plain_bytes);
     float *row = malloc((size_t)K * sizeof *row);
     if (!p || !plain || !row ||
         (to == OPS_S8 && (!(p->wscale = malloc((size_t)N * sizeof(float))) ||
@@ -86,7 +87,7 @@ hadm_status ops_pack_parts(ops_ctx *c, int M, int K, const ops_wpart *parts, int
     if ((s = packed_layout(c, M, N, K, to, &p->md, err)))
         goto fail;
     p->bytes = dnnl_memory_desc_get_size(&p->md);
-    if (!(p->data = aligned_alloc(64, (p->bytes + 63) & ~(size_t)63))) {
+    if (!(p->data = cpu_pages_alloc(p->bytes))) {
         s = hadm_fail(err, HADM_ERR_NOMEM, "out of memory (packed weights)");
         goto fail;
     }
@@ -101,7 +102,7 @@ hadm_status ops_pack_parts(ops_ctx *c, int M, int K, const ops_wpart *parts, int
     *out = p;
     p = NULL;
 fail:
-    free(plain);
+    cpu_pages_free(plain, plain_bytes);
     free(row);
     ops_packed_free(p);
     return s;
@@ -120,7 +121,7 @@ void ops_packed_free(ops_packed *p)
 {
     if (!p)
         return;
-    free(p->data);
+    cpu_pages_free(p->data, p->bytes);
     free(p->wscale);
     free(p->colsum);
     free(p);

@@ -28,6 +28,7 @@ hadm_status ops_ctx_new(int threads, ops_ctx **out, hadm_error *err)
     int vnni = (isa & dnnl_cpu_isa_avx512_core_vnni) == dnnl_cpu_isa_avx512_core_vnni ||
                (isa & dnnl_cpu_isa_avx2_vnni) == dnnl_cpu_isa_avx2_vnni;
     c->u8_levels = vnni ? 255 : 127;
+    c->keep_conv_weights = 1;
     *out = c;
     return HADM_OK;
 fail:
@@ -41,7 +42,6 @@ void cpu_entry_clear(cache_entry *e)
         dnnl_primitive_destroy(e->prim);
     if (e->pd)
         dnnl_primitive_desc_destroy(e->pd);
-    free(e->packed_w);
     ops_packed_free(e->packed);
     memset(e, 0, sizeof *e);
 }
@@ -53,6 +53,7 @@ void ops_ctx_free(ops_ctx *c)
     for (int i = 0; i < CACHE_SLOTS; i++)
         cpu_entry_clear(&c->cache[i]);
     ops_scratch_release(c);
+    cpu_conv_weights_release(c);
     free(c->scratch);
     if (c->stream)
         dnnl_stream_destroy(c->stream);
@@ -63,6 +64,7 @@ void ops_ctx_free(ops_ctx *c)
 
 int ops_ctx_threads(const ops_ctx *c) { return c->threads; }
 void ops_ctx_set_compute(ops_ctx *c, ops_dtype t) { c->compute = t; }
+void ops_ctx_keep_conv_weights(ops_ctx *c, int keep) { c->keep_conv_weights = keep; }
 ops_dtype ops_ctx_compute(const ops_ctx *c) { return c->compute; }
 
 #define HUGE_PAGE ((size_t)2 << 20)
@@ -103,6 +105,18 @@ void *cpu_buffer_grow(void **buf, size_t *cap, size_t bytes)
         *cap = n;
     }
     return *buf;
+}
+
+void *cpu_pages_alloc(size_t bytes)
+{
+    void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void cpu_pages_free(void *p, size_t bytes)
+{
+    if (p)
+        munmap(p, bytes ? bytes : 1);
 }
 
 void cpu_buffer_release(void **buf, size_t *cap)
@@ -148,6 +162,8 @@ void ops_scratch_release(ops_ctx *c)
     cpu_buffer_release(&c->lowp, &c->lowp_cap);
     cpu_buffer_release(&c->convb, &c->convb_cap);
     cpu_wide_release(c);
+    if (!c->keep_conv_weights)
+        cpu_conv_weights_release(c);
 }
 
 cache_entry *cpu_cache_find(ops_ctx *c, const int64_t *key)
@@ -356,77 +372,5 @@ fail:
         dnnl_primitive_destroy(r);
     if (rpd)
         dnnl_primitive_desc_destroy(rpd);
-    return s;
-}
-
-/* Reorders PyTorch OIHW weights into the layout the primitive chose, once. */
-static hadm_status conv_pack_weights(ops_ctx *c, cache_entry *e, const ops_conv *p, hadm_error *err)
-{
-    hadm_status s = HADM_OK;
-    dnnl_memory_desc_t user_md;
-    dnnl_dims_t wd = {p->Cout, p->Cin, p->kh, p->kw};
-    const dnnl_memory_desc_t *want = dnnl_primitive_desc_query_md(e->pd, dnnl_query_weights_md, 0);
-    size_t bytes = dnnl_memory_desc_get_size(want);
-    if (!(e->packed_w = aligned_alloc(64, (bytes + 63) & ~(size_t)63)))
-        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (conv weights)");
-    DNNL_TRY(dnnl_memory_desc_init_by_tag(&user_md, 4, wd, dnnl_f32, dnnl_oihw), "md");
-    return cpu_reorder(c, &user_md, p->w, want, e->packed_w, err);
-fail:
-    return s;
-}
-
-hadm_status ops_conv2d(ops_ctx *c, const ops_conv *p, hadm_error *err)
-{
-    int ho = (p->H + 2 * p->pad - p->kh) / p->stride + 1;
-    int wo = (p->W + 2 * p->pad - p->kw) / p->stride + 1;
-    if (p->N <= 0 || ho <= 0 || wo <= 0)
-        return p->N == 0 ? HADM_OK : hadm_fail(err, HADM_ERR_ARG, "conv2d: bad shape");
-    if (c->compute == OPS_S8)
-        return cpu_conv_int8(c, p, err);
-    int bf16 = c->compute == OPS_BF16;
-    dnnl_data_type_t xt = bf16 ? dnnl_bf16 : dnnl_f32;
-    const void *x = p->x;
-    if (bf16) {
-        int64_t rows = (int64_t)p->N * p->H * p->W;
-        void *xb = ops_lowp_buffer(c, (size_t)rows * p->Cin * 2);
-        if (!xb)
-            return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (conv input)");
-        ops_rows_to_bf16(c, rows, p->Cin, p->x, p->Cin, xb);
-        x = xb;
-    }
-    int64_t key[KEY_WORDS] = {2, p->N, p->H, p->W, p->Cin, p->Cout, p->kh, p->kw, p->stride, p->pad,
-                              p->bias != NULL, (int64_t)(intptr_t)p->w, bf16};
-    cache_entry *e = cpu_cache_find(c, key);
-    hadm_status s = HADM_OK;
-    if (!e) {
-        e = cpu_cache_victim(c, key);
-        dnnl_memory_desc_t x_md, w_md, b_md, y_md;
-        dnnl_dims_t xd = {p->N, p->Cin, p->H, p->W}, yd = {p->N, p->Cout, ho, wo};
-        dnnl_dims_t wd = {p->Cout, p->Cin, p->kh, p->kw}, bd = {p->Cout};
-        dnnl_dims_t st = {p->stride, p->stride}, pad = {p->pad, p->pad};
-        DNNL_TRY(dnnl_memory_desc_init_by_tag(&x_md, 4, xd, xt, dnnl_nhwc), "md");
-        DNNL_TRY(dnnl_memory_desc_init_by_tag(&y_md, 4, yd, dnnl_f32, dnnl_nhwc), "md");
-        DNNL_TRY(dnnl_memory_desc_init_by_tag(&w_md, 4, wd, xt, dnnl_format_tag_any), "md");
-        DNNL_TRY(dnnl_memory_desc_init_by_tag(&b_md, 1, bd, dnnl_f32, dnnl_a), "md");
-        dnnl_convolution_desc_t cd;
-        DNNL_TRY(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
-                                                    &x_md, &w_md, p->bias ? &b_md : NULL, &y_md, st,
-                                                    pad, pad), "conv desc");
-        entry_attr ea = {0};
-        if ((s = cpu_entry_build(c, e, &cd, &ea, err)) || (s = conv_pack_weights(c, e, p, err))) {
-            cpu_entry_clear(e);
-            return s;
-        }
-    }
-    exec_arg a[4] = {{DNNL_ARG_SRC, dnnl_query_src_md, 0, (void *)x, NULL},
-                     {DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, e->packed_w, NULL},
-                     {DNNL_ARG_DST, dnnl_query_dst_md, 0, p->y, NULL},
-                     {DNNL_ARG_BIAS, dnnl_query_weights_md, 1, (void *)p->bias, NULL}};
-    if ((s = cpu_execute(c, e, a, p->bias ? 4 : 3, err)))
-        return s;
-    c->flops += 2.0 * p->N * ho * (double)wo * p->Cout * p->Cin * p->kh * p->kw;
-    return HADM_OK;
-fail:
-    cpu_entry_clear(e);
     return s;
 }
