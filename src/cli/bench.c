@@ -488,7 +488,11 @@ static void ceiling_child(const void *arg, prec_report *r)
     const ceiling_job *j = arg;
     hadm_error err = {0};
     int dim = j->a->full ? PEAK_DIM : PEAK_DIM_TINY;
-    if (bench_measure_matmul(j->a->threads, dim, j->a->want, &r->ceil, &err) ||
+    /* the ceilings of the types the wanted precisions compute in */
+    int want[NPREC] = {j->a->want[0], j->a->want[1], j->a->want[2]};
+    if (want[1] && !strcmp(compute_of(1), "f32"))
+        want[0] = 1;
+    if (bench_measure_matmul(j->a->threads, dim, want, &r->ceil, &err) ||
         (j->bandwidth && bench_measure_bandwidth(r->ceil.threads, &r->ceil, &err))) {
         snprintf(r->error, sizeof r->error, "%.500s", err.msg);
         return;
