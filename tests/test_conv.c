@@ -2,7 +2,8 @@
  * convolution, through the weight table: one weight at two input sizes
  * (the RPN head on every level), two weights of one shape (one primitive,
  * two tables entries), more weights than the table holds, and a context
- * that drops its packed weights at every scratch release (bf16 models). */
+ * that drops its packed weights at every scratch release (bf16 models);
+ * and a band of rows whose padding rows are its neighbours (the RPN head). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -75,6 +76,34 @@ static double conv_err(ops_ctx *c, const float *x, int H, int stride, const floa
     return d;
 }
 
+/* Rows [4, 9) of a 13-row map's conv, from a band of rows [3, 10) with
+ * rows_padded: must match those rows of the whole map's conv. */
+static double band_err(ops_ctx *c, const float *x, const float *w, const float *bias)
+{
+    enum { H = 13, W = 14, Y0 = 4, ROWS = 5 };
+    ops_conv full = {.N = 1, .H = H, .W = W, .Cin = CIN, .Cout = COUT, .kh = KS, .kw = KS,
+                     .stride = 1, .pad = 1, .x = x, .w = w, .bias = bias};
+    double *want = malloc((size_t)H * W * COUT * sizeof *want);
+    float *y = malloc((size_t)ROWS * W * COUT * sizeof *y);
+    reference(&full, want);
+    ops_conv band = full;
+    band.H = ROWS + 2, band.rows_padded = 1, band.x = x + (size_t)(Y0 - 1) * W * CIN, band.y = y;
+    hadm_error err = {0};
+    double d = INFINITY, mx = 0;
+    if (ops_conv_out_h(&band) == ROWS && ops_conv2d(c, &band, &err) == HADM_OK) {
+        d = 0;
+        for (size_t i = 0; i < (size_t)ROWS * W * COUT; i++) {
+            double t = want[(size_t)Y0 * W * COUT + i];
+            d = fmax(d, fabs(y[i] - t));
+            mx = fmax(mx, fabs(t));
+        }
+        d /= mx > 0 ? mx : 1;
+    }
+    free(want);
+    free(y);
+    return d;
+}
+
 /* Every case on one context; tol is the precision's relative error. */
 static void run_cases(ops_ctx *c, const char *what, double tol, const float *x, float *const *w,
                       const float *bias)
@@ -92,6 +121,7 @@ static void run_cases(ops_ctx *c, const char *what, double tol, const float *x, 
     CHECK(worst < tol, "%s: %d weights in turn: worst %g", what, NW, worst);
     ops_scratch_release(c);
     CHECK(conv_err(c, x, 13, 1, w[1], bias) < tol, "%s: after a scratch release", what);
+    CHECK(band_err(c, x, w[2], bias) < tol, "%s: a band with its neighbours' rows as padding", what);
 }
 
 int main(void)
@@ -113,6 +143,8 @@ int main(void)
         run_cases(c, "f32, weights dropped with the scratch", 1e-5, x, w, bias);
         ops_ctx_set_compute(c, OPS_BF16);
         run_cases(c, "bf16", 2e-2, x, w, bias);
+        ops_ctx_set_compute(c, OPS_S8);   /* im2col rows quantised per row */
+        CHECK(band_err(c, x, w[3], bias) < 3e-2, "int8: a band with its neighbours' rows as padding");
         ops_ctx_free(c);
     }
     for (int i = 0; i < NW; i++)

@@ -11,39 +11,90 @@
 #include "engine/boxes.h"
 #include "util/err.h"
 
-enum { BUF_CONV_A, BUF_CONV_B };
+enum { BUF_CONV_A, BUF_CONV_B, BUF_BAND };
+
+/* Output rows per pass of the head. At full size the convs' outputs on p2
+ * are 67 MB each; a band of 32 rows (plus the rows of context its convs
+ * need, recomputed: 6% more work for the first conv) needs ~9 MB. */
+#define RPN_BAND 32
+
+/* Rows [y0 - halo, y0 + rows + halo) of map into band, zeros outside it. */
+static void copy_band(const float *map, int H, int W, int C, int y0, int rows, int halo, float *band)
+{
+    size_t row = (size_t)W * C;
+    for (int r = 0; r < rows + 2 * halo; r++) {
+        int y = y0 - halo + r;
+        if (y < 0 || y >= H)
+            memset(band + r * row, 0, row * sizeof *band);
+        else
+            memcpy(band + r * row, map + y * row, row * sizeof *band);
+    }
+}
+
+/* The head's 3x3 convs (+ReLU) on one band; returns the last output, whose
+ * rows are the band's. Each conv eats one row of context per side; between
+ * convs, rows beyond the map are zeroed: they are the next conv's padding,
+ * not a convolution of padding. */
+static hadm_status band_convs(const struct hadm_model *m, ops_ctx *c, float *x, int H, int W, int y0,
+                              int rows, float *buf[2], float **out, hadm_error *err)
+{
+    const hadm_config *cfg = &m->cfg;
+    int n = cfg->rpn_convs, xr = rows + 2 * n, cin = cfg->fpn_channels;
+    for (int i = 0; i < n; i++) {
+        int cout = cfg->rpn_conv_dims[i];
+        float *y = buf[i % 2];
+        ops_conv cv = {.N = 1, .H = xr, .W = W, .Cin = cin, .Cout = cout, .kh = 3, .kw = 3,
+                       .stride = 1, .pad = 1, .rows_padded = 1, .x = x, .w = m->w.rpn_conv[i].w,
+                       .bias = m->w.rpn_conv[i].b, .y = y};
+        hadm_status s = ops_conv2d(c, &cv, err);
+        if (s)
+            return s;
+        xr -= 2;
+        ops_relu(c, y, (int64_t)xr * W * cout);
+        int first = y0 - n + i + 1;   /* map row of y's first row */
+        for (int r = 0; r < xr; r++)
+            if (first + r < 0 || first + r >= H)
+                memset(y + (size_t)r * W * cout, 0, (size_t)W * cout * sizeof *y);
+        x = y, cin = cout;
+    }
+    *out = x;
+    return HADM_OK;
+}
 
 hadm_status rpn_head_level(const struct hadm_model *m, ops_ctx *c, const float *map, int H, int W,
                            float *logits, float *deltas, hadm_error *err)
 {
     const hadm_config *cfg = &m->cfg;
     const hadm_weights *w = &m->w;
-    int A = cfg->num_anchors, cin = cfg->fpn_channels;
-    size_t P = (size_t)H * W;
-    const float *x = map;
-    for (int i = 0; i < cfg->rpn_convs; i++) {
-        int cout = cfg->rpn_conv_dims[i];
-        float *y = ops_scratch(c, i % 2 ? BUF_CONV_B : BUF_CONV_A, P * cout);
-        if (!y)
-            return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (rpn head)");
-        ops_conv cv = {.N = 1, .H = H, .W = W, .Cin = cin, .Cout = cout, .kh = 3, .kw = 3,
-                       .stride = 1, .pad = 1, .x = x, .w = w->rpn_conv[i].w,
-                       .bias = w->rpn_conv[i].b, .y = y};
-        hadm_status s = ops_conv2d(c, &cv, err);
+    int A = cfg->num_anchors, n = cfg->rpn_convs, C = cfg->fpn_channels, band = H < RPN_BAND ? H : RPN_BAND;
+    int widest = C;
+    for (int i = 0; i < n; i++)
+        widest = cfg->rpn_conv_dims[i] > widest ? cfg->rpn_conv_dims[i] : widest;
+    size_t cells = (size_t)(band + 2 * n) * W;
+    float *in = ops_scratch(c, BUF_BAND, cells * C);
+    float *buf[2] = {ops_scratch(c, BUF_CONV_A, cells * widest), ops_scratch(c, BUF_CONV_B, cells * widest)};
+    if (!in || !buf[0] || !buf[1])
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (rpn head)");
+    int cin = n ? cfg->rpn_conv_dims[n - 1] : C;
+    for (int y0 = 0; y0 < H; y0 += band) {
+        int rows = H - y0 < band ? H - y0 : band;
+        float *x;
+        copy_band(map, H, W, C, y0, rows, n, in);
+        hadm_status s = band_convs(m, c, in, H, W, y0, rows, buf, &x, err);
         if (s)
             return s;
-        ops_relu(c, y, (int64_t)P * cout);
-        x = y, cin = cout;
+        /* the 1x1 convs are matmuls over the NHWC pixels; their outputs
+         * [P][A] and [P][4A] are already in the (y, x, a) anchor order */
+        size_t p0 = (size_t)y0 * W;
+        ops_gemm g = {.M = rows * W, .N = A, .K = cin, .A = x, .lda = cin, .B = w->rpn_obj.w,
+                      .ldb = cin, .trans_b = 1, .bias = w->rpn_obj.b, .C = logits + p0 * A, .ldc = A};
+        if ((s = ops_matmul(c, &g, err)))
+            return s;
+        g.N = 4 * A, g.B = w->rpn_delta.w, g.bias = w->rpn_delta.b, g.C = deltas + p0 * 4 * A, g.ldc = 4 * A;
+        if ((s = ops_matmul(c, &g, err)))
+            return s;
     }
-    /* the 1x1 convs are matmuls over the NHWC pixels; their outputs [P][A]
-     * and [P][4A] are already in the (y, x, a) anchor order */
-    ops_gemm g = {.M = (int)P, .N = A, .K = cin, .A = x, .lda = cin, .B = w->rpn_obj.w,
-                  .ldb = cin, .trans_b = 1, .bias = w->rpn_obj.b, .C = logits, .ldc = A};
-    hadm_status s = ops_matmul(c, &g, err);
-    if (s)
-        return s;
-    g.N = 4 * A, g.B = w->rpn_delta.w, g.bias = w->rpn_delta.b, g.C = deltas, g.ldc = 4 * A;
-    return ops_matmul(c, &g, err);
+    return HADM_OK;
 }
 
 /* The per-level top-k candidates, decoded. */

@@ -123,12 +123,21 @@ hadm_status ops_matmul_batched(ops_ctx *c, const ops_gemm *g, int batch, int64_t
  * zero padding, optional bias. */
 typedef struct {
     int N, H, W, Cin, Cout, kh, kw, stride, pad;
+    /* x's first and last `pad` rows are the padding already (a band of a
+     * larger map, with its neighbours' rows): only columns get zeros */
+    int rows_padded;
     const float *x;        /* N*H*W*Cin */
     const float *w;        /* Cout*Cin*kh*kw */
     const float *bias;     /* Cout or NULL */
     float *y;              /* N*Ho*Wo*Cout */
 } ops_conv;
 hadm_status ops_conv2d(ops_ctx *c, const ops_conv *p, hadm_error *err);
+static inline int ops_conv_pad_rows(const ops_conv *p) { return p->rows_padded ? 0 : p->pad; }
+static inline int ops_conv_out_h(const ops_conv *p)
+{
+    return (p->H + 2 * ops_conv_pad_rows(p) - p->kh) / p->stride + 1;
+}
+static inline int ops_conv_out_w(const ops_conv *p) { return (p->W + 2 * p->pad - p->kw) / p->stride + 1; }
 
 /* ---- elementwise and row ops (own kernels, threaded) ------------------- */
 /* y[r] = LayerNorm(x[r]) * g + b over n values per row; x may equal y. */

@@ -70,7 +70,7 @@ static hadm_status conv_primitive(ops_ctx *c, const ops_conv *p, int ho, int wo,
                                   cache_entry **out, hadm_error *err)
 {
     int64_t key[KEY_WORDS] = {2, p->N, p->H, p->W, p->Cin, p->Cout, p->kh, p->kw, p->stride, p->pad,
-                              p->bias != NULL, bf16};
+                              p->bias != NULL, bf16, p->rows_padded};
     cache_entry *e = cpu_cache_find(c, key);
     if ((*out = e))
         return HADM_OK;
@@ -80,7 +80,7 @@ static hadm_status conv_primitive(ops_ctx *c, const ops_conv *p, int ho, int wo,
     dnnl_memory_desc_t x_md, w_md, b_md, y_md;
     dnnl_dims_t xd = {p->N, p->Cin, p->H, p->W}, yd = {p->N, p->Cout, ho, wo};
     dnnl_dims_t wd = {p->Cout, p->Cin, p->kh, p->kw}, bd = {p->Cout};
-    dnnl_dims_t st = {p->stride, p->stride}, pad = {p->pad, p->pad};
+    dnnl_dims_t st = {p->stride, p->stride}, pad = {ops_conv_pad_rows(p), p->pad};
     DNNL_TRY(dnnl_memory_desc_init_by_tag(&x_md, 4, xd, xt, dnnl_nhwc), "md");
     DNNL_TRY(dnnl_memory_desc_init_by_tag(&y_md, 4, yd, dnnl_f32, dnnl_nhwc), "md");
     DNNL_TRY(dnnl_memory_desc_init_by_tag(&w_md, 4, wd, xt, dnnl_format_tag_any), "md");
@@ -101,8 +101,7 @@ fail:
 
 hadm_status ops_conv2d(ops_ctx *c, const ops_conv *p, hadm_error *err)
 {
-    int ho = (p->H + 2 * p->pad - p->kh) / p->stride + 1;
-    int wo = (p->W + 2 * p->pad - p->kw) / p->stride + 1;
+    int ho = ops_conv_out_h(p), wo = ops_conv_out_w(p);
     if (p->N <= 0 || ho <= 0 || wo <= 0)
         return p->N == 0 ? HADM_OK : hadm_fail(err, HADM_ERR_ARG, "conv2d: bad shape");
     if (c->compute == OPS_S8)

@@ -56,7 +56,7 @@ static void gather_row(const ops_conv *p, int ho, int wo, int64_t r, float *row)
     size_t cin = (size_t)p->Cin;
     for (int ky = 0; ky < p->kh; ky++)
         for (int kx = 0; kx < p->kw; kx++) {
-            int iy = oy * p->stride - p->pad + ky, ix = ox * p->stride - p->pad + kx;
+            int iy = oy * p->stride - ops_conv_pad_rows(p) + ky, ix = ox * p->stride - p->pad + kx;
             float *dst = row + (size_t)(ky * p->kw + kx) * cin;
             if (iy >= 0 && iy < p->H && ix >= 0 && ix < p->W)
                 memcpy(dst, p->x + ((n * p->H + iy) * p->W + ix) * cin, cin * sizeof *dst);
@@ -67,8 +67,7 @@ static void gather_row(const ops_conv *p, int ho, int wo, int64_t r, float *row)
 
 hadm_status cpu_conv_int8(ops_ctx *c, const ops_conv *p, hadm_error *err)
 {
-    int ho = (p->H + 2 * p->pad - p->kh) / p->stride + 1;
-    int wo = (p->W + 2 * p->pad - p->kw) / p->stride + 1;
+    int ho = ops_conv_out_h(p), wo = ops_conv_out_w(p);
     int K = p->kh * p->kw * p->Cin;
     int64_t rows = (int64_t)p->N * ho * wo;
     const ops_packed *pk = NULL;
