@@ -191,25 +191,31 @@ static void bicubic_taps(int in, int out, int o, int idx[4], double w[4])
     w[3] = ((A * t3 - 5 * A) * t3 + 8 * A) * t3 - 4 * A;
 }
 
-/* pos_embed (1, [cls +] g*g, D) -> G x G x D, spec 2.2. */
-static hadm_status make_pos_embed(struct hadm_model *m, hadm_error *err)
+/* The stored pos_embed (1, [cls +] g*g, D), checked once at load. */
+static hadm_status find_pos_embed(struct hadm_model *m, hadm_error *err)
 {
     const hadm_config *c = &m->cfg;
-    int g = c->pretrain_img_size / c->patch, G = c->img_size / c->patch, D = c->embed_dim;
+    int g = c->pretrain_img_size / c->patch, D = c->embed_dim;
     const float *pe;
     hadm_status s = model_tensor(m, "backbone.net.pos_embed", &pe, err, 3, (int64_t)1,
                                  (int64_t)(g * g + (c->pretrain_cls_token ? 1 : 0)), (int64_t)D);
-    if (s)
-        return s;
-    if (c->pretrain_cls_token)
-        pe += D;
-    float *out = malloc((size_t)G * G * D * sizeof *out);
-    if (!(m->w.pos_embed = out))
-        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+    if (!s)
+        m->w.pos_src = pe + (c->pretrain_cls_token ? D : 0);
+    return s;
+}
+
+/* pos_embed g x g x D -> G x G x D (spec 2.2), recomputed per forward
+ * (~20 ms) rather than held: 16 MB per full-size model. */
+void model_pos_embed(const struct hadm_model *m, float *out)
+{
+    const hadm_config *c = &m->cfg;
+    int g = c->pretrain_img_size / c->patch, G = c->img_size / c->patch, D = c->embed_dim;
+    const float *pe = m->w.pos_src;
     if (g == G) {
         memcpy(out, pe, (size_t)G * G * D * sizeof *out);
-        return HADM_OK;
+        return;
     }
+#pragma omp parallel for schedule(static)
     for (int oy = 0; oy < G; oy++) {
         int iy[4];
         double wy[4];
@@ -230,7 +236,6 @@ static hadm_status make_pos_embed(struct hadm_model *m, hadm_error *err)
             }
         }
     }
-    return HADM_OK;
 }
 
 /* RoPE cos/sin tables (spec 2.6) for a side-Sg grid: [Sg*Sg][HD], computed in
@@ -308,7 +313,7 @@ static hadm_status model_prepare(struct hadm_model *m, hadm_error *err)
     }
     if ((s = weights_enumerate(&m->cfg, &m->w, bind_visit, m, err)))
         return s;
-    if (m->cfg.use_abs_pos && (s = make_pos_embed(m, err)))
+    if (m->cfg.use_abs_pos && (s = find_pos_embed(m, err)))
         return s;
     int G = m->cfg.img_size / m->cfg.patch;
     if ((s = make_rope(m, "rope_win", m->cfg.window_size, &m->w.rope_win_cos, &m->w.rope_win_sin, err)) ||
@@ -405,7 +410,6 @@ void hadm_model_close(hadm_model *m)
     for (int i = 0; i < m->n_owned; i++)
         free(m->owned[i]);
     free(m->owned);
-    free(m->w.pos_embed);
     free(m->w.rope_win_cos);
     free(m->w.rope_win_sin);
     free(m->w.rope_glb_cos);

@@ -9,6 +9,11 @@
 #include "io/safetensors.h"
 #include "ops/ops.h"
 
+/* A bf16 model on a CPU that computes it in f32 widens each weight to f32
+ * for its matmul: the box heads' first fc (12.8M weights, 51 MB widened)
+ * is packed in this many blocks of output columns, widened one at a time. */
+#define FC_BLOCKS 4
+
 typedef struct { const float *w, *b; } linear_w;              /* Linear/conv + bias (b may be NULL) */
 typedef struct { const float *w, *g, *b; } conv_ln_w;         /* conv without bias + LN2d(g, b) */
 
@@ -33,7 +38,7 @@ typedef struct {
 typedef struct {
     /* ViT */
     linear_w patch;                   /* [D][3][P][P] */
-    float *pos_embed;                 /* [G*G][D], interpolated at load (owned) */
+    const float *pos_src;             /* [g*g][D], the stored grid (model_pos_embed) */
     float *rope_win_cos, *rope_win_sin; /* [WS*WS][HD] (owned) */
     float *rope_glb_cos, *rope_glb_sin; /* [G*G][HD]   (owned) */
     vit_block_w blocks[CFG_MAX_BLOCKS];
@@ -54,8 +59,10 @@ typedef struct {
         conv_ln_w conv[CFG_MAX_CONVS];
         linear_w fc[CFG_MAX_CONVS];
         /* fc weights packed in the model's precision on first use, like the
-         * ViT's (in a reduced-precision file fc[j].w is NULL) */
-        ops_packed *fc_pk[CFG_MAX_CONVS];
+         * ViT's (in a reduced-precision file fc[j].w is NULL), in fc_blocks[j]
+         * blocks of output columns (see FC_BLOCKS) */
+        ops_packed *fc_pk[CFG_MAX_CONVS][FC_BLOCKS];
+        int fc_blocks[CFG_MAX_CONVS];
         linear_w cls, bbox;
     } stage[CFG_MAX_STAGES];
 } hadm_weights;
@@ -102,7 +109,7 @@ hadm_status model_pack_block(const struct hadm_model *m, int i, ops_ctx *c, hadm
  * stage: the largest outside the ViT). */
 hadm_status model_pack_heads(const struct hadm_model *m, ops_ctx *c, hadm_error *err);
 
-/* Drops the mapped pages of the 3x3 convolution weights, after each stage
+/* Drops the mapped pages of the convolution weights, after each stage
  * that uses them: a context that ran the stage holds them packed (or, for a
  * bf16 model, packs them again next forward), so the file's copy only costs
  * memory until then; pages needed again fault back in from the page cache. */
@@ -112,6 +119,8 @@ void model_release_conv_sources(const struct hadm_model *m);
 void model_unpack_all(struct hadm_model *m);
 /* A buffer the model owns until it is closed (NULL when out of memory). */
 float *model_own(struct hadm_model *m, size_t bytes);
+/* The absolute position embedding resized to the model's grid: [G*G][D]. */
+void model_pos_embed(const struct hadm_model *m, float *out);
 
 /* Borrow / return an execution context (thread-safe). */
 hadm_status model_ctx_acquire(struct hadm_model *m, ops_ctx **out, hadm_error *err);

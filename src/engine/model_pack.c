@@ -92,9 +92,21 @@ hadm_status model_pack_heads(const struct hadm_model *cm, ops_ctx *ctx, hadm_err
             snprintf(name, sizeof name, "roi_heads.box_head.%d.fc%d.weight", st, j + 1);
             int64_t shape[2] = {N, K};
             ops_wpart part;
-            if (!(s = model_weight_part(m, name, 2, shape, &part, err)) &&
-                !(s = ops_pack_parts(ctx, ROI_CHUNK, K, &part, 1, packed_type(m->precision),
-                                     &m->w.stage[st].fc_pk[j], err)))
+            int widened = m->precision == HADM_PRECISION_BF16 && !ops_bf16_native();
+            int nb = widened && N % FC_BLOCKS == 0 ? FC_BLOCKS : 1;
+            m->w.stage[st].fc_blocks[j] = nb;
+            if ((s = model_weight_part(m, name, 2, shape, &part, err)))
+                break;
+            for (int b = 0; !s && b < nb; b++) {
+                ops_wpart blk = part;
+                size_t first = (size_t)b * (N / nb);
+                blk.rows = N / nb;
+                blk.data = (const char *)part.data + first * K * ops_src_size(part.type);
+                blk.scale = part.scale ? part.scale + first : NULL;
+                s = ops_pack_parts(ctx, ROI_CHUNK, K, &blk, 1, packed_type(m->precision),
+                                   &m->w.stage[st].fc_pk[j][b], err);
+            }
+            if (!s)
                 st_release_pages(m->file, part.data, (size_t)N * K * ops_src_size(part.type));
             K = N;
         }
@@ -108,10 +120,18 @@ void model_release_conv_sources(const struct hadm_model *m)
 {
     const hadm_config *cfg = &m->cfg;
     const hadm_weights *w = &m->w;
-    size_t F = (size_t)cfg->fpn_channels, conv = F * F * 9 * sizeof(float);
+    size_t D = (size_t)cfg->embed_dim, F = (size_t)cfg->fpn_channels, conv = F * F * 9 * sizeof(float);
     const conv_ln_w *outs[4] = {&w->p2_out, &w->p3_out, &w->p4_out, &w->p5_out};
     for (int i = 0; i < 4; i++)
         st_release_pages(m->file, outs[i]->w, conv);
+    /* the pyramid's other weights are read in place, once per forward */
+    st_release_pages(m->file, w->p2_up0.w, D * D / 2 * 4 * sizeof(float));
+    st_release_pages(m->file, w->p2_up1.w, D / 2 * D / 4 * 4 * sizeof(float));
+    st_release_pages(m->file, w->p3_up0.w, D * D / 2 * 4 * sizeof(float));
+    const conv_ln_w *lat[4] = {&w->p2_lat, &w->p3_lat, &w->p4_lat, &w->p5_lat};
+    size_t lat_in[4] = {D / 4, D / 2, D, D};
+    for (int i = 0; i < 4; i++)
+        st_release_pages(m->file, lat[i]->w, F * lat_in[i] * sizeof(float));
     for (int i = 0; i < cfg->rpn_convs; i++) {
         size_t in = i ? (size_t)cfg->rpn_conv_dims[i - 1] : F;
         st_release_pages(m->file, w->rpn_conv[i].w, (size_t)cfg->rpn_conv_dims[i] * in * 9 * sizeof(float));
@@ -127,8 +147,10 @@ void model_unpack_all(struct hadm_model *m)
 {
     for (int s = 0; s < CFG_MAX_STAGES; s++)
         for (int j = 0; j < CFG_MAX_CONVS; j++) {
-            ops_packed_free(m->w.stage[s].fc_pk[j]);
-            m->w.stage[s].fc_pk[j] = NULL;
+            for (int b = 0; b < FC_BLOCKS; b++) {
+                ops_packed_free(m->w.stage[s].fc_pk[j][b]);
+                m->w.stage[s].fc_pk[j][b] = NULL;
+            }
         }
     m->heads_packed = 0;
     for (int i = 0; i < CFG_MAX_BLOCKS; i++) {

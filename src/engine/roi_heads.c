@@ -15,7 +15,7 @@
 #include "util/err.h"
 
 
-enum { BUF_POOL, BUF_CONV, BUF_FLAT, BUF_FC_A, BUF_FC_B };
+enum { BUF_POOL, BUF_CONV, BUF_FC_A, BUF_FC_B };
 
 /* Per-forward state: every array has Rp (R rounded up to the chunk) rows. */
 typedef struct {
@@ -87,8 +87,7 @@ static hadm_status box_head_chunk(cascade *cs, int s, int r0, float *x, hadm_err
     ops_ctx *c = cs->c;
     int res = cfg->pool_res, C = cs->maps->C, n = cs->chunk, P = res * res;
     float *y = ops_scratch(c, BUF_CONV, (size_t)n * P * C);
-    float *flat = ops_scratch(c, BUF_FLAT, (size_t)n * P * C);
-    if (!y || !flat)
+    if (!y)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (box head)");
     hadm_status st;
     for (int k = 0; k < cfg->box_convs; k++) {
@@ -102,8 +101,8 @@ static hadm_status box_head_chunk(cascade *cs, int s, int r0, float *x, hadm_err
         float *t = x;
         x = y, y = t;
     }
-    flatten_cmajor(c, x, n, P, C, flat);
-    const float *in = flat;
+    flatten_cmajor(c, x, n, P, C, y);   /* y: whichever of the two the convs left free */
+    const float *in = y;
     int K = P * C;
     for (int j = 0; j < cfg->box_fcs; j++) {
         int N = cfg->box_fc_dims[j];
@@ -111,11 +110,15 @@ static hadm_status box_head_chunk(cascade *cs, int s, int r0, float *x, hadm_err
         float *out = last ? cs->head + (size_t)r0 * N : ops_scratch(c, j % 2 ? BUF_FC_B : BUF_FC_A, (size_t)n * N);
         if (!out)
             return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (box head)");
-        ops_gemm g = {.M = n, .N = N, .K = K, .A = in, .lda = K, .B = w->stage[s].fc[j].w, .ldb = K,
-                      .trans_b = 1, .bias = w->stage[s].fc[j].b, .C = out, .ldc = N,
-                      .packed = w->stage[s].fc_pk[j]};
-        if ((st = ops_matmul(c, &g, err)))
-            return st;
+        int nb = w->stage[s].fc_blocks[j], Nb = N / nb;
+        for (int b = 0; b < nb; b++) {
+            const float *wb = w->stage[s].fc[j].w, *bias = w->stage[s].fc[j].b;
+            ops_gemm g = {.M = n, .N = Nb, .K = K, .A = in, .lda = K, .B = wb ? wb + (size_t)b * Nb * K : NULL,
+                          .ldb = K, .trans_b = 1, .bias = bias ? bias + b * Nb : NULL, .C = out + b * Nb,
+                          .ldc = N, .packed = w->stage[s].fc_pk[j][b]};
+            if ((st = ops_matmul(c, &g, err)))
+                return st;
+        }
         ops_relu(c, out, (int64_t)n * N);
         in = out, K = N;
     }
@@ -259,8 +262,10 @@ hadm_status roi_heads_forward(const struct hadm_model *m, ops_ctx *c, const fpn_
         if ((s = run_stage(&cs, st, err)))
             break;
         /* each stage has its own weights: a bf16 model's widened fc and
-         * packed convs go now, not when the next stage's need more */
+         * packed convs go now, not when the next stage's need more, and
+         * so do the mapped pages they were packed from */
         ops_scratch_release(c);
+        model_release_conv_sources(m);
         /* Python's sum(): p0, then + p1, then + p2, in float */
         for (size_t i = 0; i < n; i++)
             scores[i] = st ? scores[i] + cs.probs[i] : cs.probs[i];

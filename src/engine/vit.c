@@ -9,7 +9,11 @@
 #include "engine/engine.h"
 #include "util/err.h"
 
-enum { BUF_NORM, BUF_QKV, BUF_ATTN, BUF_HID, BUF_FFN };
+/* Scratch slots. The patch columns and the MLP's hidden rows live in the
+ * q|k|v slot, which is free outside attention: slots keep their largest
+ * size until the backbone ends, so a slot per buffer would hold ~33 MB more
+ * at full size. */
+enum { BUF_NORM, BUF_QKV, BUF_ATTN };
 
 typedef struct {
     const struct hadm_model *m;
@@ -33,7 +37,7 @@ static hadm_status patch_embed(vit_run *r, const float *const *chw, float *token
 {
     const hadm_config *cfg = &r->m->cfg;
     int P = cfg->patch, S = cfg->img_size, K = cfg->in_chans * P * P;
-    float *cols = ops_scratch(r->c, BUF_HID, (size_t)r->B * r->T * K);
+    float *cols = ops_scratch(r->c, BUF_QKV, (size_t)r->B * r->T * K);
     if (!cols)
         return hadm_fail(r->err, HADM_ERR_NOMEM, "out of memory");
     for (int b = 0; b < r->B; b++)
@@ -134,9 +138,9 @@ static hadm_status mlp_block(vit_run *r, const vit_block_w *b, float *x)
     const hadm_config *cfg = &r->m->cfg;
     int D = r->D, F = r->F, rows = r->B * r->T, chunk = rows < MLP_CHUNK ? rows : MLP_CHUNK;
     float *n = ops_scratch(r->c, BUF_NORM, (size_t)chunk * D);
-    float *hid = ops_scratch(r->c, BUF_HID, (size_t)chunk * 2 * F);
-    float *ffn = ops_scratch(r->c, BUF_FFN, (size_t)chunk * F);
-    if (!n || !hid || !ffn)
+    float *hid = ops_scratch(r->c, BUF_QKV, (size_t)chunk * 3 * F);
+    float *ffn = hid ? hid + (size_t)chunk * 2 * F : NULL;
+    if (!n || !hid)
         return hadm_fail(r->err, HADM_ERR_NOMEM, "out of memory");
     hadm_status s = HADM_OK;
     for (int r0 = 0; !s && r0 < rows; r0 += chunk) {
@@ -170,9 +174,13 @@ hadm_status vit_forward_batch(const struct hadm_model *m, ops_ctx *c, const floa
         return s;
     trace_tokens(&r, t, "vit.patch_embed", tokens);
     if (cfg->use_abs_pos) {
-        trace_tokens(&r, t, "vit.pos_embed_resized", m->w.pos_embed);
+        float *pos = ops_scratch(c, BUF_ATTN, (size_t)r.T * r.D);   /* free until attention */
+        if (!pos)
+            return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+        model_pos_embed(m, pos);
+        trace_tokens(&r, t, "vit.pos_embed_resized", pos);
         for (int i = 0; i < B; i++)
-            ops_add(c, tokens + (size_t)i * r.T * r.D, m->w.pos_embed, (int64_t)r.T * r.D);
+            ops_add(c, tokens + (size_t)i * r.T * r.D, pos, (int64_t)r.T * r.D);
     }
     trace_tokens(&r, t, "vit.tokens_in", tokens);
     for (int i = 0; i < cfg->depth; i++) {

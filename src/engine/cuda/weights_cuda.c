@@ -11,6 +11,7 @@
 
 typedef struct {
     cuda_model *cm;
+    const struct hadm_model *m;
     hadm_error *err;
     hadm_status st;
     uint16_t *tmp;        /* host staging for conversions */
@@ -138,7 +139,16 @@ static void upload_vit(uploader *u, const hadm_config *c, const hadm_weights *w,
     int D = c->embed_dim, F = c->mlp_hidden, G = c->img_size / c->patch, HD = c->head_dim;
     int WS = c->window_size;
     d->patch = linear(u, &w->patch, D, c->in_chans * c->patch * c->patch);
-    d->pos = c->use_abs_pos ? vec(u, w->pos_embed, (int64_t)G * G * D) : NULL;
+    d->pos = NULL;
+    if (c->use_abs_pos) {
+        float *pos = malloc((size_t)G * G * D * sizeof *pos);
+        if (pos)
+            model_pos_embed(u->m, pos);
+        else if (!u->st)
+            u->st = hadm_fail(u->err, HADM_ERR_NOMEM, "out of memory (position embedding)");
+        d->pos = pos ? vec(u, pos, (int64_t)G * G * D) : NULL;
+        free(pos);
+    }
     d->rope_win_cos = vec(u, w->rope_win_cos, (int64_t)WS * WS * HD);
     d->rope_win_sin = vec(u, w->rope_win_sin, (int64_t)WS * WS * HD);
     d->rope_glb_cos = vec(u, w->rope_glb_cos, (int64_t)G * G * HD);
@@ -201,7 +211,7 @@ static void upload_heads(uploader *u, const hadm_config *c, const hadm_weights *
 
 hadm_status cuda_upload_weights(cuda_model *cm, const struct hadm_model *m, hadm_error *err)
 {
-    uploader u = {cm, err, HADM_OK, NULL, 0};
+    uploader u = {cm, m, err, HADM_OK, NULL, 0};
     cm->wsize = cuda_weight_bytes(&m->cfg);
     hadm_status s = cuda_malloc(cm->device, cm->wsize, (void **)&cm->wblock, err);
     if (s)

@@ -20,7 +20,10 @@
 #include "ops/cpu/cpu.h"
 #include "util/err.h"
 
-#define SCORE_BUDGET (8u << 20)
+/* floats of scores per matmul: one head's 512 x 4096 in a global block
+ * (8 MB; the scores never fit the caches anyway, so larger groups of
+ * heads only cost memory) */
+#define SCORE_BUDGET (2u << 20)
 #define QUERY_TILE 512
 
 /* Element e of an output that is f32 or bf16. */
