@@ -1,4 +1,4 @@
-/* Reduced-precision matmuls (ops/cpu/dnnl_lowp.c) and int8 convolutions
+/* Attention in f32 and int8, reduced-precision matmuls (ops/cpu/dnnl_lowp.c) and int8 convolutions
  * (conv_int8.c) against double-precision
  * references: the int8 path must equal the exact product of its own
  * dequantised operands (this checks zero points, column sums, scales, bias,
@@ -304,6 +304,43 @@ static void attention_ref(int n, int hd, const double *q, const double *k, const
     free(p);
 }
 
+/* f32 attention against exact attention, including a global-block-sized
+ * row (4096 keys), where the scores of one head fill the score budget and
+ * K and V are copied one head at a time. */
+static void test_attention_f32(void)
+{
+    static const int shapes[][3] = {{37, 3, 16}, {4096, 2, 8}};   /* tokens, heads, head dim */
+    ops_ctx *c = NULL;
+    hadm_error err = {0};
+    CHECK(ops_ctx_new(2, &c, &err) == HADM_OK, "%s", err.msg);
+    for (int si = 0; c && si < 2; si++) {
+        int n = shapes[si][0], heads = shapes[si][1], hd = shapes[si][2], ld = 3 * heads * hd;
+        float scale = 1.0f / sqrtf((float)hd);
+        float *qkv = malloc((size_t)n * ld * sizeof *qkv), *out = malloc((size_t)n * heads * hd * sizeof *out);
+        double *q = malloc((size_t)n * hd * 2 * sizeof *q), *k = q + (size_t)n * hd;
+        double *want = malloc((size_t)n * hd * sizeof *want);
+        for (int i = 0; i < n * ld; i++)
+            qkv[i] = uniform() * 2.5f + (i % 7 == 0 ? 1.0f : 0.0f);
+        CHECK(ops_attention(c, n, heads, hd, scale, qkv, qkv + heads * hd, qkv + 2 * heads * hd, ld, out,
+                            heads * hd, &err) == HADM_OK, "f32 attention: %s", err.msg);
+        double worst = 0;
+        for (int h = 0; h < heads; h++) {
+            for (int t = 0; t < n; t++)
+                for (int e = 0; e < hd; e++) {
+                    q[(size_t)t * hd + e] = (double)qkv[(size_t)t * ld + h * hd + e] * scale;
+                    k[(size_t)t * hd + e] = qkv[(size_t)t * ld + heads * hd + h * hd + e];
+                }
+            attention_ref(n, hd, q, k, qkv + 2 * heads * hd + h * hd, ld, want);
+            for (int t = 0; t < n; t++)
+                for (int e = 0; e < hd; e++)
+                    worst = fmax(worst, fabs(out[(size_t)t * heads * hd + h * hd + e] - want[(size_t)t * hd + e]));
+        }
+        CHECK(worst < 1e-4, "f32 attention n=%d heads=%d: %.3g from exact attention", n, heads, worst);
+        free(qkv), free(out), free(q), free(want);
+    }
+    ops_ctx_free(c);
+}
+
 /* The int8 context's attention (Q·Kᵀ in u8 x s8) must equal exact attention
  * on its own dequantised queries and keys (which checks the zero points,
  * scales and key sums of the s32 scores), and stay near f32 attention. */
@@ -423,6 +460,7 @@ int main(void)
     ops_ctx_free(c);
     test_conv_int8();
     test_s8_rows();
+    test_attention_f32();
     test_attention_int8();
     test_widened(a, w, bias, c0);
     return test_finish();

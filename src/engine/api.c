@@ -1,8 +1,11 @@
 /* The forward pass, stage by stage as in spec/PIPELINE.md, and the public
  * detect entry points. A batch shares one pass through the ViT (its Linear
  * layers then see B*G*G rows); everything after the backbone is per image. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "engine/cuda_hooks.h"
 #include "engine/device_plan.h"
@@ -87,8 +90,18 @@ static hadm_status preprocess(const hadm_config *cfg, job *j, hadm_channel_order
     return HADM_OK;
 }
 
+/* Returns the whole pages inside [p, p + bytes) to the system; they read as
+ * zeros afterwards. For buffers that are dead until next overwritten. */
+static void discard_pages(void *p, size_t bytes)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + bytes) & ~(page - 1);
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 /* Pyramid, proposals, cascade and post-processing for one image. */
-static hadm_status heads(struct hadm_model *m, ops_ctx *c, job *j, const float *tokens,
+static hadm_status heads(struct hadm_model *m, ops_ctx *c, job *j, float *tokens,
                          head_buffers *b, const hadm_detect_options *opt, const engine_trace *t)
 {
     hadm_timings *tm = &j->res->timings;
@@ -96,7 +109,11 @@ static hadm_status heads(struct hadm_model *m, ops_ctx *c, job *j, const float *
     double t1 = hadm_now(), flops0 = ops_ctx_flops(c);
     hadm_status s;
     int R = 0;
-    if ((s = fpn_forward(m, c, tokens, &b->maps, t, err)))
+    s = fpn_forward(m, c, tokens, &b->maps, t, err);
+    /* the ViT's output is dead once the pyramid is built: 16 MB at full size */
+    discard_pages(tokens, (size_t)(m->cfg.img_size / m->cfg.patch) * (m->cfg.img_size / m->cfg.patch) *
+                              m->cfg.embed_dim * sizeof *tokens);
+    if (s)
         return s;
     ops_scratch_release(c);
     model_release_conv_sources(m);

@@ -15,7 +15,7 @@
 #include "util/err.h"
 
 
-enum { BUF_POOL, BUF_CONV, BUF_FC_A, BUF_FC_B };
+enum { BUF_POOL, BUF_CONV, BUF_FC_A, BUF_FC_B, BUF_FC_BLOCK };
 
 /* Per-forward state: every array has Rp (R rounded up to the chunk) rows. */
 typedef struct {
@@ -110,14 +110,21 @@ static hadm_status box_head_chunk(cascade *cs, int s, int r0, float *x, hadm_err
         float *out = last ? cs->head + (size_t)r0 * N : ops_scratch(c, j % 2 ? BUF_FC_B : BUF_FC_A, (size_t)n * N);
         if (!out)
             return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (box head)");
+        /* column blocks go through a dense buffer: oneDNN runs a packed
+         * matmul into a strided C with its reference kernel */
         int nb = w->stage[s].fc_blocks[j], Nb = N / nb;
+        float *blk = nb > 1 ? ops_scratch(c, BUF_FC_BLOCK, (size_t)n * Nb) : out;
+        if (!blk)
+            return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (box head)");
         for (int b = 0; b < nb; b++) {
             const float *wb = w->stage[s].fc[j].w, *bias = w->stage[s].fc[j].b;
             ops_gemm g = {.M = n, .N = Nb, .K = K, .A = in, .lda = K, .B = wb ? wb + (size_t)b * Nb * K : NULL,
-                          .ldb = K, .trans_b = 1, .bias = bias ? bias + b * Nb : NULL, .C = out + b * Nb,
-                          .ldc = N, .packed = w->stage[s].fc_pk[j][b]};
+                          .ldb = K, .trans_b = 1, .bias = bias ? bias + b * Nb : NULL, .C = blk,
+                          .ldc = Nb, .packed = w->stage[s].fc_pk[j][b]};
             if ((st = ops_matmul(c, &g, err)))
                 return st;
+            for (int i = 0; nb > 1 && i < n; i++)
+                memcpy(out + (size_t)i * N + b * Nb, blk + (size_t)i * Nb, (size_t)Nb * sizeof *out);
         }
         ops_relu(c, out, (int64_t)n * N);
         in = out, K = N;

@@ -13,7 +13,7 @@
  * q|k|v slot, which is free outside attention: slots keep their largest
  * size until the backbone ends, so a slot per buffer would hold ~33 MB more
  * at full size. */
-enum { BUF_NORM, BUF_QKV, BUF_ATTN };
+enum { BUF_NORM, BUF_QKV };
 
 typedef struct {
     const struct hadm_model *m;
@@ -95,10 +95,13 @@ static hadm_status attention_block(vit_run *r, const vit_block_w *b, int global,
     int rows = unit * units, per_image = rows / r->B;
     float *h = ops_scratch(r->c, BUF_NORM, (size_t)rows * D);
     float *qkv = ops_scratch(r->c, BUF_QKV, (size_t)rows * 3 * D);
-    float *o = ops_scratch(r->c, BUF_ATTN, (size_t)rows * D);
-    if (!h || !qkv || !o)
+    if (!h || !qkv)
         return hadm_fail(r->err, HADM_ERR_NOMEM, "out of memory");
-    float *normed = global ? h : o;   /* window blocks norm into o, then partition into h */
+    /* h holds the normed rows, then (dead once q|k|v exist) attention's
+     * output. q|k|v's memory is free before the q|k|v matmul and after
+     * attention: a window block norms into it before partitioning into h,
+     * and its projection goes there before unpartitioning. */
+    float *normed = global ? h : qkv;
     ops_layernorm(r->c, (int64_t)r->B * r->T, D, x, D, b->norm1_g, b->norm1_b, cfg->ln_eps, normed, D);
     for (int i = 0; !global && i < r->B; i++)
         window_partition(normed + (size_t)i * r->T * D, h + (size_t)i * per_image * D, r->G, D, WS, nw_side);
@@ -113,15 +116,15 @@ static hadm_status attention_block(vit_run *r, const vit_block_w *b, int global,
     for (int u = 0; u < units; u++) {
         size_t off = (size_t)u * unit * 3 * D;
         if ((s = ops_attention(r->c, unit, cfg->num_heads, cfg->head_dim, cfg->attn_scale, q + off,
-                               k + off, v + off, 3 * D, o + (size_t)u * unit * D, D, r->err)))
+                               k + off, v + off, 3 * D, h + (size_t)u * unit * D, D, r->err)))
             return s;
     }
     if (global)
-        return linear(r, rows, o, D, NULL, b->proj.b, b->proj_pk, D, D, x, D, 1);
-    if ((s = linear(r, rows, o, D, NULL, b->proj.b, b->proj_pk, D, D, h, D, 0)))
+        return linear(r, rows, h, D, NULL, b->proj.b, b->proj_pk, D, D, x, D, 1);
+    if ((s = linear(r, rows, h, D, NULL, b->proj.b, b->proj_pk, D, D, qkv, D, 0)))
         return s;
     for (int i = 0; i < r->B; i++)
-        window_unpartition_add(h + (size_t)i * per_image * D, x + (size_t)i * r->T * D, r->G, D, WS, nw_side);
+        window_unpartition_add(qkv + (size_t)i * per_image * D, x + (size_t)i * r->T * D, r->G, D, WS, nw_side);
     return HADM_OK;
 }
 
@@ -174,7 +177,7 @@ hadm_status vit_forward_batch(const struct hadm_model *m, ops_ctx *c, const floa
         return s;
     trace_tokens(&r, t, "vit.patch_embed", tokens);
     if (cfg->use_abs_pos) {
-        float *pos = ops_scratch(c, BUF_ATTN, (size_t)r.T * r.D);   /* free until attention */
+        float *pos = ops_scratch(c, BUF_NORM, (size_t)r.T * r.D);   /* free until attention */
         if (!pos)
             return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
         model_pos_embed(m, pos);

@@ -233,7 +233,8 @@ static void test_conv(int N, int H, int Cin, int Cout)
             for (int t = 0; t < 9; t++)
                 wt[((size_t)o * 9 + t) * Cin + c] = wh[((size_t)o * Cin + c) * 9 + t];
     hadm_error err = {0};
-    ops_conv cv = {N, H, H, Cin, Cout, 3, 3, 1, 1, x, w, b, want};
+    ops_conv cv = {.N = N, .H = H, .W = H, .Cin = Cin, .Cout = Cout, .kh = 3, .kw = 3, .stride = 1, .pad = 1,
+                   .x = x, .w = w, .bias = b, .y = want};
     CHECK(ops_conv2d(cpu, &cv, &err) == HADM_OK, "%s", err.msg);
     float *dx = up(x, xs * 4), *db = up(b, (size_t)Cout * 4), *dy = up(NULL, ys * 4);
     uint16_t *dw = up(wt, ws * 2), *cols = up(NULL, (size_t)N * H * H * 9 * Cin * 2);

@@ -64,8 +64,9 @@ static void scatter_heads(const float *x, const float *inv_sum, int n, int heads
         }
 }
 
-static void copy_transposed(ops_ctx *c, const float *x, int64_t ld, int N, int heads, int hd, void *out,
-                            int bf16)
+/* out[h][d][t] = x[t][(h0 + h) * hd + d] for h < heads */
+static void copy_transposed(ops_ctx *c, const float *x, int64_t ld, int N, int h0, int heads, int hd,
+                            void *out, int bf16)
 {
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if ((int64_t)N * heads * hd > 65536)
@@ -75,7 +76,7 @@ static void copy_transposed(ops_ctx *c, const float *x, int64_t ld, int N, int h
             for (int d = 0; d < hd; d++) {
                 int64_t row = ((int64_t)h * hd + d) * N;
                 for (int t = t0; t < t1; t++)
-                    put(out, bf16, row + t, x[t * ld + (int64_t)h * hd + d]);
+                    put(out, bf16, row + t, x[t * ld + (int64_t)(h0 + h) * hd + d]);
             }
         }
 }
@@ -157,29 +158,28 @@ hadm_status ops_attention(ops_ctx *c, int N, int heads, int hd, float scale, con
     if (ops_ctx_compute(c) == OPS_S8)
         return attention_int8(c, N, heads, hd, scale, q, k, v, ld, out, ldo, err);
     int bf16 = ops_ctx_compute(c) == OPS_BF16;
-    size_t esz = bf16 ? 2 : 4;
     int tile, group = score_tiles(N, heads, &tile);
     int64_t hsz = (int64_t)N * hd;
     size_t ssz = (size_t)group * tile * N, qsz = (size_t)group * tile * hd;
-    /* floats: scores, bf16 probabilities (bf16 only), query tile, output tile, K, V,
-     * 1/sum per score row */
+    /* floats: scores, bf16 probabilities (bf16 only), query tile, output tile,
+     * K and V of a group of heads, 1/sum per score row */
     size_t psz = bf16 ? (ssz + 1) / 2 : 0, isz = (size_t)group * tile;
-    float *S = ops_scratch(c, OPS_SCRATCH_ATTN, ssz + psz + 2 * qsz + 2 * (size_t)heads * hsz + isz);
+    float *S = ops_scratch(c, OPS_SCRATCH_ATTN, ssz + psz + 2 * qsz + 2 * (size_t)group * hsz + isz);
     if (!S)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (attention scores)");
     void *P = bf16 ? (void *)(S + ssz) : S;
-    float *qt = S + ssz + psz, *ot = qt + qsz, *kt = ot + qsz, *vh = kt + heads * hsz;
-    float *inv_sum = vh + heads * hsz;
-    copy_transposed(c, k, ld, N, heads, hd, kt, bf16);
-    copy_head_major(c, v, ld, 0, N, 0, heads, hd, 1.0f, vh, bf16);
+    float *qt = S + ssz + psz, *ot = qt + qsz, *kt = ot + qsz, *vh = kt + group * hsz;
+    float *inv_sum = vh + group * hsz;
     for (int h0 = 0; h0 < heads; h0 += group) {
         int g = heads - h0 < group ? heads - h0 : group;
+        copy_transposed(c, k, ld, N, h0, g, hd, kt, bf16);
+        copy_head_major(c, v, ld, 0, N, h0, g, hd, 1.0f, vh, bf16);
         for (int q0 = 0; q0 < N; q0 += tile) {
             int m = N - q0 < tile ? N - q0 : tile;
             /* S[h][i][j] = (scale q[q0+i][h]) . k[j][h] */
             copy_head_major(c, q, ld, q0, m, h0, g, hd, scale, qt, bf16);
             ops_gemm qk = {.M = m, .N = N, .K = hd, .A = qt, .lda = hd,
-                           .B = (const float *)((const char *)kt + h0 * hsz * esz), .ldb = N,
+                           .B = kt, .ldb = N,
                            .trans_b = 0, .C = S, .ldc = N, .ab_bf16 = bf16};
             hadm_status s = ops_matmul_batched(c, &qk, g, (int64_t)m * hd, hsz, (int64_t)m * N, err);
             if (s)
@@ -187,7 +187,7 @@ hadm_status ops_attention(ops_ctx *c, int N, int heads, int hd, float scale, con
             ops_softmax_rows_unnorm(c, (int64_t)g * m, N, S, N, bf16 ? P : NULL, N, inv_sum);
             /* out[q0+i][h*hd + d] = sum_j P[h][i][j] v[h][j][d], via the dense ot */
             ops_gemm av = {.M = m, .N = hd, .K = N, .A = P, .lda = N,
-                           .B = (const float *)((const char *)vh + h0 * hsz * esz), .ldb = hd,
+                           .B = vh, .ldb = hd,
                            .trans_b = 0, .C = ot, .ldc = hd, .ab_bf16 = bf16};
             if ((s = ops_matmul_batched(c, &av, g, (int64_t)m * N, hsz, (int64_t)m * hd, err)))
                 return s;
