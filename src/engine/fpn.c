@@ -36,29 +36,36 @@ void fpn_free(fpn_maps *maps)
     }
 }
 
-/* ConvTranspose k2 s2 (non-overlapping): one matmul against the weight viewed
- * as [Cin][Cout*4], then each output column (o, dy, dx) goes to pixel
- * (2y+dy, 2x+dx). */
+/* Input rows per matmul of a transposed conv: its product for all of p2's
+ * input (128 x 128 x 1024 floats) was 67 MB next to the 67 MB output. */
+#define UP_BAND 16
+
+/* ConvTranspose k2 s2 (non-overlapping): a matmul against the weight viewed
+ * as [Cin][Cout*4], a band of input rows at a time, then each output column
+ * (o, dy, dx) goes to pixel (2y+dy, 2x+dx). */
 static hadm_status conv_transpose2x2(ops_ctx *c, const float *x, int H, int W, int Cin,
                                      const linear_w *l, int Cout, float *y, hadm_error *err)
 {
-    float *tmp = ops_scratch(c, BUF_UP, (size_t)H * W * Cout * 4);
+    int band = H < UP_BAND ? H : UP_BAND, W2 = 2 * W;
+    float *tmp = ops_scratch(c, BUF_UP, (size_t)band * W * Cout * 4);
     if (!tmp)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
-    ops_gemm g = {.M = H * W, .N = Cout * 4, .K = Cin, .A = x, .lda = Cin, .B = l->w,
-                  .ldb = Cout * 4, .trans_b = 0, .C = tmp, .ldc = Cout * 4};
-    hadm_status s = ops_matmul(c, &g, err);
-    if (s)
-        return s;
-    int W2 = 2 * W;
+    for (int y0 = 0; y0 < H; y0 += band) {
+        int rows = H - y0 < band ? H - y0 : band;
+        ops_gemm g = {.M = rows * W, .N = Cout * 4, .K = Cin, .A = x + (size_t)y0 * W * Cin, .lda = Cin,
+                      .B = l->w, .ldb = Cout * 4, .trans_b = 0, .C = tmp, .ldc = Cout * 4};
+        hadm_status s = ops_matmul(c, &g, err);
+        if (s)
+            return s;
 #pragma omp parallel for schedule(static)
-    for (int p = 0; p < H * W; p++) {
-        int yy = p / W, xx = p % W;
-        const float *src = tmp + (size_t)p * Cout * 4;
-        for (int d = 0; d < 4; d++) {
-            float *dst = y + ((size_t)(2 * yy + d / 2) * W2 + 2 * xx + d % 2) * Cout;
-            for (int o = 0; o < Cout; o++)
-                dst[o] = src[o * 4 + d] + l->b[o];
+        for (int p = 0; p < rows * W; p++) {
+            int yy = y0 + p / W, xx = p % W;
+            const float *src = tmp + (size_t)p * Cout * 4;
+            for (int d = 0; d < 4; d++) {
+                float *dst = y + ((size_t)(2 * yy + d / 2) * W2 + 2 * xx + d % 2) * Cout;
+                for (int o = 0; o < Cout; o++)
+                    dst[o] = src[o * 4 + d] + l->b[o];
+            }
         }
     }
     ops_scratch_free(c, BUF_UP);
