@@ -142,9 +142,10 @@ float *model_own(struct hadm_model *m, size_t bytes)
     return buf;
 }
 
-/* F32 tensors are used in place. A reduced-precision weight is expanded to an
- * owned f32 copy, except the ViT Linear weights: those are only ever used
- * packed, and are packed straight from the file (model_pack_block). */
+/* F32 tensors are used in place, except vectors (below). A reduced-precision
+ * weight is expanded to an owned f32 copy, except the ViT Linear weights:
+ * those are only ever used packed, and are packed straight from the file
+ * (model_pack_block). */
 static hadm_status bind_visit(void *user, const char *name, int ndim, const int64_t *shape,
                               const float **slot, hadm_error *err)
 {
@@ -157,11 +158,16 @@ static hadm_status bind_visit(void *user, const char *name, int ndim, const int6
     for (int i = 0; i < ndim; i++)
         numel *= shape[i];
     m->params += numel;
-    if (!slot || part.type == OPS_SRC_F32) {
-        if (slot)
-            *slot = part.data;
+    /* Vectors (biases, norms: ~2 MB at full size) are copied: read in place
+     * every forward, each would keep its neighbours' pages mapped too (the
+     * kernel maps 64 KB around a fault), and those are packed weights'
+     * pages, released after packing. */
+    if (slot && part.type == OPS_SRC_F32 && ndim != 1) {
+        *slot = part.data;
         return HADM_OK;
     }
+    if (!slot)
+        return HADM_OK;
     if (is_packed_linear(name)) {
         *slot = NULL;
         return HADM_OK;
@@ -320,6 +326,9 @@ static hadm_status model_prepare(struct hadm_model *m, hadm_error *err)
         (s = make_rope(m, "rope_glb", G, &m->w.rope_glb_cos, &m->w.rope_glb_sin, err)))
         return s;
     take_pixel_stats(m);
+    /* What loading read stays in the page cache; weights read in place
+     * fault back in at their first use (big ones are packed then). */
+    st_release_all(m->file);
     return HADM_OK;
 }
 

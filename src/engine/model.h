@@ -11,8 +11,9 @@
 
 /* A bf16 model on a CPU that computes it in f32 widens each weight to f32
  * for its matmul: the box heads' first fc (12.8M weights, 51 MB widened)
- * is packed in this many blocks of output columns, widened one at a time. */
-#define FC_BLOCKS 4
+ * is packed in this many blocks of output columns, widened one at a time
+ * (two are held: the widening cache has two slots). */
+#define FC_BLOCKS 8
 
 typedef struct { const float *w, *b; } linear_w;              /* Linear/conv + bias (b may be NULL) */
 typedef struct { const float *w, *g, *b; } conv_ln_w;         /* conv without bias + LN2d(g, b) */

@@ -264,6 +264,12 @@ void st_release_pages(const st_file *f, const void *p, size_t n)
         madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
+void st_release_all(const st_file *f)
+{
+    if (f->map)
+        st_release_pages(f, f->map, f->map_len);
+}
+
 hadm_status st_check_intact(const st_file *f, hadm_error *err)
 {
     static const char how[] = "reload the model (to update a model file, write the new one "

@@ -36,6 +36,8 @@ void st_close(st_file *f);
  * needed now (they are re-read from the file if touched again). No-op for
  * buffers opened with st_open_buffer. */
 void st_release_pages(const st_file *f, const void *p, size_t n);
+/* The same for the whole mapping. */
+void st_release_all(const st_file *f);
 
 /* After reading weights from a mapped file: an error when the file was
  * truncated (the mapping then reads as zeros, see io/mapguard.h) or written
