@@ -1,16 +1,14 @@
 /* The forward pass, stage by stage as in spec/PIPELINE.md, and the public
  * detect entry points. A batch shares one pass through the ViT (its Linear
  * layers then see B*G*G rows); everything after the backbone is per image. */
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "engine/cuda_hooks.h"
 #include "engine/device_plan.h"
 #include "engine/engine.h"
 #include "util/err.h"
+#include "util/pages.h"
 #include "util/timer.h"
 
 /* Backbone rows per pass: batches of small models share a pass, a full-size
@@ -90,16 +88,6 @@ static hadm_status preprocess(const hadm_config *cfg, job *j, hadm_channel_order
     return HADM_OK;
 }
 
-/* Returns the whole pages inside [p, p + bytes) to the system; they read as
- * zeros afterwards. For buffers that are dead until next overwritten. */
-static void discard_pages(void *p, size_t bytes)
-{
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + bytes) & ~(page - 1);
-    if (b > a)
-        madvise((void *)a, b - a, MADV_DONTNEED);
-}
-
 /* Pyramid, proposals, cascade and post-processing for one image. */
 static hadm_status heads(struct hadm_model *m, ops_ctx *c, job *j, float *tokens,
                          head_buffers *b, const hadm_detect_options *opt, const engine_trace *t)
@@ -111,7 +99,7 @@ static hadm_status heads(struct hadm_model *m, ops_ctx *c, job *j, float *tokens
     int R = 0;
     s = fpn_forward(m, c, tokens, &b->maps, t, err);
     /* the ViT's output is dead once the pyramid is built: 16 MB at full size */
-    discard_pages(tokens, (size_t)(m->cfg.img_size / m->cfg.patch) * (m->cfg.img_size / m->cfg.patch) *
+    pages_discard(tokens, (size_t)(m->cfg.img_size / m->cfg.patch) * (m->cfg.img_size / m->cfg.patch) *
                               m->cfg.embed_dim * sizeof *tokens);
     if (s)
         return s;

@@ -6,6 +6,7 @@
 
 #include "engine/engine.h"
 #include "util/err.h"
+#include "util/pages.h"
 
 enum { BUF_UP, BUF_MAP_A, BUF_MAP_B, BUF_CONV };
 
@@ -98,24 +99,75 @@ static hadm_status lateral_output(ops_ctx *c, const hadm_config *cfg, const floa
     return HADM_OK;
 }
 
+/* p2 output rows per pass of its branch's tail. The second transposed
+ * conv's output and the lateral's are 67 MB each at full size, next to p2
+ * itself; made band by band (with one row of context each side for the
+ * 3x3 conv, recomputed) they are a few MB. */
+#define P2_BAND 32
+
+/* Rows [y0, y0 + rows) of p2 from the first transposed conv's output `a`
+ * (2G x 2G x D/2): the second transposed conv on the rows of `a` the band
+ * needs, the lateral 1x1 conv + LN on the band's rows plus one each side
+ * (zeros beyond the map: the 3x3 conv's padding), then the 3x3 conv + LN. */
+static hadm_status p2_band(const struct hadm_model *m, ops_ctx *c, const float *a, int y0, int rows,
+                           float *dst, hadm_error *err)
+{
+    const hadm_config *cfg = &m->cfg;
+    int G = cfg->img_size / cfg->patch, D = cfg->embed_dim, F = cfg->fpn_channels;
+    int H = 4 * G, W = 4 * G, Cb = D / 4;
+    int lo = y0 > 0 ? y0 - 1 : 0, hi = y0 + rows < H ? y0 + rows + 1 : H;   /* p2 rows with context */
+    int alo = lo / 2, ahi = (hi + 1) / 2;                                   /* rows of a they need */
+    float *b = ops_scratch(c, BUF_MAP_B, (size_t)2 * (ahi - alo) * W * Cb);
+    float *mid = ops_scratch(c, BUF_CONV, (size_t)(rows + 2) * W * F);
+    if (!b || !mid)
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
+    hadm_status s = conv_transpose2x2(c, a + (size_t)alo * (W / 2) * (D / 2), ahi - alo, W / 2, D / 2,
+                                      &m->w.p2_up1, Cb, b, err);
+    if (s)
+        return s;
+    /* mid row r is p2 row y0 - 1 + r */
+    float *mid_lo = mid + (size_t)(lo - (y0 - 1)) * W * F;
+    int64_t P = (int64_t)(hi - lo) * W;
+    ops_gemm g = {.M = (int)P, .N = F, .K = Cb, .A = b + (size_t)(lo - 2 * alo) * W * Cb, .lda = Cb,
+                  .B = m->w.p2_lat.w, .ldb = Cb, .trans_b = 1, .C = mid_lo, .ldc = F};
+    if ((s = ops_matmul(c, &g, err)))
+        return s;
+    ops_layernorm(c, P, F, mid_lo, F, m->w.p2_lat.g, m->w.p2_lat.b, cfg->fpn_eps, mid_lo, F);
+    if (y0 == 0)
+        memset(mid, 0, (size_t)W * F * sizeof *mid);
+    if (y0 + rows == H)
+        memset(mid + (size_t)(rows + 1) * W * F, 0, (size_t)W * F * sizeof *mid);
+    float *out = dst + (size_t)y0 * W * F;
+    ops_conv conv = {.N = 1, .H = rows + 2, .W = W, .Cin = F, .Cout = F, .kh = 3, .kw = 3, .stride = 1,
+                     .pad = 1, .rows_padded = 1, .x = mid, .w = m->w.p2_out.w, .y = out};
+    if ((s = ops_conv2d(c, &conv, err)))
+        return s;
+    ops_layernorm(c, (int64_t)rows * W, F, out, F, m->w.p2_out.g, m->w.p2_out.b, cfg->fpn_eps, out, F);
+    return HADM_OK;
+}
+
 static hadm_status branch_p2(const struct hadm_model *m, ops_ctx *c, const float *x, float *dst,
                              hadm_error *err)
 {
     const hadm_config *cfg = &m->cfg;
-    int G = cfg->img_size / cfg->patch, D = cfg->embed_dim;
+    int G = cfg->img_size / cfg->patch, D = cfg->embed_dim, H = 4 * G;
     float *a = ops_scratch(c, BUF_MAP_A, (size_t)4 * G * G * D / 2);
-    float *b = ops_scratch(c, BUF_MAP_B, (size_t)16 * G * G * D / 4);
-    if (!a || !b)
+    if (!a)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
     hadm_status s = conv_transpose2x2(c, x, G, G, D, &m->w.p2_up0, D / 2, a, err);
     if (s)
         return s;
     ops_layernorm(c, (int64_t)4 * G * G, D / 2, a, D / 2, m->w.p2_ln_g, m->w.p2_ln_b, cfg->fpn_eps, a, D / 2);
     ops_gelu_erf(c, a, (int64_t)4 * G * G * D / 2);
-    if ((s = conv_transpose2x2(c, a, 2 * G, 2 * G, D / 2, &m->w.p2_up1, D / 4, b, err)))
-        return s;
-    ops_scratch_free(c, BUF_MAP_A);
-    return lateral_output(c, cfg, b, BUF_MAP_B, 4 * G, 4 * G, D / 4, &m->w.p2_lat, &m->w.p2_out, dst, err);
+    /* rows of a below the next band's first are dead: their pages go as
+     * p2's fill, so the two are not both whole at once */
+    size_t a_row = (size_t)2 * G * (D / 2);
+    for (int y0 = 0; !s && y0 < H; y0 += P2_BAND) {
+        s = p2_band(m, c, a, y0, H - y0 < P2_BAND ? H - y0 : P2_BAND, dst, err);
+        int dead = (y0 + P2_BAND - 1) / 2;   /* the next band reads p2 rows from y0 + P2_BAND - 1 */
+        pages_discard(a, (size_t)(dead < 2 * G ? dead : 2 * G) * a_row * sizeof *a);
+    }
+    return s;
 }
 
 static hadm_status branch_p3(const struct hadm_model *m, ops_ctx *c, const float *x, float *dst,
@@ -168,11 +220,8 @@ hadm_status fpn_forward(const struct hadm_model *m, ops_ctx *c, const float *tok
     const hadm_config *cfg = &m->cfg;
     int G = cfg->img_size / cfg->patch;
     hadm_status s;
-    /* each branch's buffers are returned before the next: the 256x256 maps
-     * of P2 were the peak of the whole forward */
-    if ((s = branch_p2(m, c, tokens, maps->map[0], err)))
-        return s;
-    ops_scratch_release(c);
+    /* each branch's buffers are returned before the next, and p2 (67 MB at
+     * full size) comes last: a branch's buffers then never sit beside it */
     if ((s = branch_p3(m, c, tokens, maps->map[1], err)))
         return s;
     ops_scratch_release(c);
@@ -181,6 +230,9 @@ hadm_status fpn_forward(const struct hadm_model *m, ops_ctx *c, const float *tok
         (s = branch_p5(m, c, tokens, maps->map[3], err)))
         return s;
     subsample2(maps->map[3], maps->h[3], maps->w[3], maps->C, maps->map[4], maps->h[4], maps->w[4]);
+    ops_scratch_release(c);
+    if ((s = branch_p2(m, c, tokens, maps->map[0], err)))
+        return s;
     static const char *names[5] = {"fpn.p2", "fpn.p3", "fpn.p4", "fpn.p5", "fpn.p6"};
     for (int l = 0; l < 5; l++) {
         int64_t shape[4] = {1, maps->C, maps->h[l], maps->w[l]};

@@ -194,6 +194,8 @@ static hadm_status run_stage(cascade *cs, int s, hadm_error *err)
         hadm_status st = box_head_chunk(cs, s, r0, pooled, err);
         if (st || (st = predictor_chunk(cs, s, r0, err)))
             return st;
+        if (r0 == 0)   /* the stage's convs are packed now; their file pages are not read again */
+            model_release_conv_sources(cs->m);
     }
     int64_t hs[2] = {R < 64 ? R : 64, cs->fc_dim}, ls[2] = {R, cs->K1}, ds[2] = {R, 4};
     trace_stage(cs, s, "box_head_out_first64", cs->head, 0, TRACE_SAME, 2, hs);
