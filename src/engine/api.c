@@ -103,18 +103,15 @@ static hadm_status heads(struct hadm_model *m, ops_ctx *c, job *j, float *tokens
                               m->cfg.embed_dim * sizeof *tokens);
     if (s)
         return s;
-    ops_scratch_release(c);
-    model_release_conv_sources(m);
+    model_stage_end(m, c);
     tm->fpn = hadm_now() - t1, t1 = hadm_now();
     if ((s = rpn_forward(m, c, &b->maps, &j->g, b->proposals, &R, t, err)))
         return s;
-    ops_scratch_release(c);
-    model_release_conv_sources(m);
+    model_stage_end(m, c);
     tm->rpn = hadm_now() - t1, t1 = hadm_now();
     if ((s = roi_heads_forward(m, c, &b->maps, &j->g, b->proposals, R, b->scores, b->boxes, t, err)))
         return s;
-    ops_scratch_release(c);
-    model_release_conv_sources(m);
+    model_stage_end(m, c);
     tm->roi_heads = hadm_now() - t1, t1 = hadm_now();
     if ((s = postprocess_detections(&m->cfg, b->scores, b->boxes, R, &j->g, j->res, t, err)))
         return s;

@@ -224,15 +224,13 @@ hadm_status fpn_forward(const struct hadm_model *m, ops_ctx *c, const float *tok
      * full size) comes last: a branch's buffers then never sit beside it */
     if ((s = branch_p3(m, c, tokens, maps->map[1], err)))
         return s;
-    ops_scratch_release(c);
-    model_release_conv_sources(m);   /* the weights a branch read in place */
+    model_stage_end(m, c);   /* each branch's buffers and the weights it read in place */
     if ((s = lateral_output(c, cfg, tokens, -1, G, G, cfg->embed_dim, &m->w.p4_lat, &m->w.p4_out,
                             maps->map[2], err)) ||
         (s = branch_p5(m, c, tokens, maps->map[3], err)))
         return s;
     subsample2(maps->map[3], maps->h[3], maps->w[3], maps->C, maps->map[4], maps->h[4], maps->w[4]);
-    ops_scratch_release(c);
-    model_release_conv_sources(m);
+    model_stage_end(m, c);
     if ((s = branch_p2(m, c, tokens, maps->map[0], err)))
         return s;
     static const char *names[5] = {"fpn.p2", "fpn.p3", "fpn.p4", "fpn.p5", "fpn.p6"};

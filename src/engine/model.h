@@ -115,6 +115,9 @@ hadm_status model_pack_heads(const struct hadm_model *m, ops_ctx *c, hadm_error 
  * bf16 model, packs them again next forward), so the file's copy only costs
  * memory until then; pages needed again fault back in from the page cache. */
 void model_release_conv_sources(const struct hadm_model *m);
+/* Between pipeline stages: the context's scratch (ops_scratch_release) and
+ * the pages of the weights the stage read in place go back. */
+void model_stage_end(const struct hadm_model *m, ops_ctx *c);
 
 /* Frees every packed weight (model_pack.c; at close). */
 void model_unpack_all(struct hadm_model *m);

@@ -143,6 +143,12 @@ void model_release_conv_sources(const struct hadm_model *m)
         }
 }
 
+void model_stage_end(const struct hadm_model *m, ops_ctx *c)
+{
+    ops_scratch_release(c);
+    model_release_conv_sources(m);
+}
+
 void model_unpack_all(struct hadm_model *m)
 {
     for (int s = 0; s < CFG_MAX_STAGES; s++)

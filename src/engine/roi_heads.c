@@ -273,8 +273,7 @@ hadm_status roi_heads_forward(const struct hadm_model *m, ops_ctx *c, const fpn_
         /* each stage has its own weights: a bf16 model's widened fc and
          * packed convs go now, not when the next stage's need more, and
          * so do the mapped pages they were packed from */
-        ops_scratch_release(c);
-        model_release_conv_sources(m);
+        model_stage_end(m, c);
         /* Python's sum(): p0, then + p1, then + p2, in float */
         for (size_t i = 0; i < n; i++)
             scores[i] = st ? scores[i] + cs.probs[i] : cs.probs[i];

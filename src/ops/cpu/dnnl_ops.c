@@ -74,10 +74,8 @@ ops_dtype ops_ctx_compute(const ops_ctx *c) { return c->compute; }
  * ~1 GB of scratch, which in 4 KB pages is ~250k page faults (~0.4 s). */
 static void *map_pages(size_t n)
 {
-    if (n < HUGE_PAGE) {
-        void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        return p == MAP_FAILED ? NULL : p;
-    }
+    if (n < HUGE_PAGE)
+        return cpu_pages_alloc(n);
     char *p = mmap(NULL, n + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return NULL;
