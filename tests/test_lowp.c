@@ -304,6 +304,54 @@ static void attention_ref(int n, int hd, const double *q, const double *k, const
     free(p);
 }
 
+/* The int8 attention's own arithmetic in double, from its dequantised
+ * queries and keys (pre-scaled): V per channel in s8 (max |v| / 127), the
+ * probabilities p = round(levels exp(s - max)), out = sum p v / sum p.
+ * bound[i][e] is how far the engine may be from out: a p whose value lies
+ * within 0.05 of a rounding boundary may round either way in the engine's
+ * float exp, moving out by at most |v| / sum p, and sum p by one. */
+static void attention_int8_ref(int n, int hd, const double *q, const double *k, const float *v, int ld,
+                               int levels, double *out, double *bound)
+{
+    double *p = malloc((size_t)n * sizeof *p), *vd = malloc((size_t)n * hd * sizeof *vd);
+    int *near = malloc((size_t)n * sizeof *near);
+    for (int e = 0; e < hd; e++) {
+        float mx = 0;
+        for (int j = 0; j < n; j++)
+            mx = fabsf(v[j * ld + e]) > mx ? fabsf(v[j * ld + e]) : mx;
+        float s = mx > 0 ? mx / 127.0f : 1.0f;
+        for (int j = 0; j < n; j++)
+            vd[j * hd + e] = (double)s * nearbyintf(v[j * ld + e] / s);
+    }
+    for (int i = 0; i < n; i++) {
+        double mx = -INFINITY, sum = 0;
+        int flips = 0;
+        for (int j = 0; j < n; j++) {
+            double d = 0;
+            for (int e = 0; e < hd; e++)
+                d += q[i * hd + e] * k[j * hd + e];
+            p[j] = d;
+            mx = d > mx ? d : mx;
+        }
+        for (int j = 0; j < n; j++) {
+            double x = levels * exp(p[j] - mx);
+            near[j] = fabs(x - floor(x) - 0.5) < 0.05;
+            flips += near[j];
+            sum += p[j] = nearbyint(x);
+        }
+        for (int e = 0; e < hd; e++) {
+            double o = 0, moved = 0;
+            for (int j = 0; j < n; j++) {
+                o += p[j] * vd[j * hd + e];
+                moved += near[j] ? fabs(vd[j * hd + e]) : 0;
+            }
+            out[i * hd + e] = o / sum;
+            bound[i * hd + e] = (moved + flips * fabs(o / sum)) / (sum - flips) + 1e-5;
+        }
+    }
+    free(p), free(vd), free(near);
+}
+
 /* f32 attention against exact attention, including a global-block-sized
  * row (4096 keys), where the scores of one head fill the score budget and
  * K and V are copied one head at a time. */
@@ -341,9 +389,10 @@ static void test_attention_f32(void)
     ops_ctx_free(c);
 }
 
-/* The int8 context's attention (Q·Kᵀ in u8 x s8) must equal exact attention
- * on its own dequantised queries and keys (which checks the zero points,
- * scales and key sums of the s32 scores), and stay near f32 attention. */
+/* The int8 context's attention (both products in u8 x s8) must equal its
+ * own arithmetic done exactly (attention_int8_ref, which checks the zero
+ * points, scales and key sums of the scores, the u8 probabilities and their
+ * sum, V's channel scales), and stay near f32 attention. */
 static void test_attention_int8(void)
 {
     static const int shapes[][3] = {{37, 3, 16}, {196, 2, 64}};   /* tokens, heads, head dim */
@@ -356,7 +405,7 @@ static void test_attention_int8(void)
         float scale = 1.0f / sqrtf((float)hd), qs, ks;
         float *qkv = malloc((size_t)n * ld * sizeof *qkv), *out = malloc((size_t)n * heads * hd * sizeof *out);
         double *q = malloc((size_t)n * hd * 4 * sizeof *q), *k = q + n * hd, *qd = k + n * hd, *kd = qd + n * hd;
-        double *want = malloc((size_t)n * hd * 2 * sizeof *want), *exact = want + n * hd;
+        double *want = malloc((size_t)n * hd * 3 * sizeof *want), *exact = want + n * hd, *bound = exact + n * hd;
         for (int i = 0; i < n * ld; i++)
             qkv[i] = uniform() * 2.5f + (i % 7 == 0 ? 1.0f : 0.0f);
         CHECK(ops_attention(c, n, heads, hd, scale, qkv, qkv + heads * hd, qkv + 2 * heads * hd, ld, out,
@@ -379,20 +428,22 @@ static void test_attention_int8(void)
             }
             const float *v = qkv + 2 * heads * hd + h * hd;
             attention_ref(n, hd, q, k, v, ld, want);
-            attention_ref(n, hd, qd, kd, v, ld, exact);
+            attention_int8_ref(n, hd, qd, kd, v, ld, ops_u8_levels(c), exact, bound);
             for (int t = 0; t < n; t++)
                 for (int e = 0; e < hd; e++) {
                     double got = out[t * heads * hd + h * hd + e];
-                    worst_exact = fmax(worst_exact, fabs(got - exact[t * hd + e]));
+                    worst_exact = fmax(worst_exact, fabs(got - exact[t * hd + e]) / bound[t * hd + e]);
                     num += (got - want[t * hd + e]) * (got - want[t * hd + e]);
                     den += want[t * hd + e] * want[t * hd + e];
                 }
         }
         double rel = sqrt(num / den);
-        printf("int8 attention n=%d hd=%d: vs own operands %.2e, vs exact rel L2 %.2e\n", n, hd, worst_exact, rel);
-        CHECK(worst_exact < 1e-5, "int8 attention n=%d: %.3g from exact attention on its own operands", n,
-              worst_exact);
-        CHECK(rel < 2e-2, "int8 attention n=%d: rel L2 %.3g from exact attention", n, rel);
+        printf("int8 attention n=%d hd=%d: vs own arithmetic %.2f of its bound, vs exact rel L2 %.2e\n", n, hd,
+               worst_exact, rel);
+        CHECK(worst_exact <= 1, "int8 attention n=%d: %.3g times its bound from its own arithmetic done exactly",
+              n, worst_exact);
+        /* u8 Q and s8 K alone measured ~1e-2 here; u8 P and s8 V double it */
+        CHECK(rel < 3e-2, "int8 attention n=%d: rel L2 %.3g from exact attention", n, rel);
         free(qkv), free(out), free(q), free(want);
     }
     ops_ctx_free(c);

@@ -15,6 +15,7 @@
  * the softmax writes bf16 probabilities, and both products run on bf16
  * inputs with f32 accumulation; scores and the softmax itself stay f32.
  * With an S8 context Q·Kᵀ runs in u8 x s8 (attention_int8). */
+#include <math.h>
 #include <string.h>
 
 #include "ops/cpu/cpu.h"
@@ -90,10 +91,63 @@ static int score_tiles(int N, int heads, int *tile)
     return group < 1 ? 1 : group > heads ? heads : group;
 }
 
-/* The int8 context's attention: Q·Kᵀ as u8 x s8 -> s32 (queries per row
- * with a zero point, keys symmetric, one scale per token and head), whose
- * sums the softmax turns into f32 scores row by row; P·V stays f32, because
- * most probabilities of a 4096-key row are below u8's step of 1/255. */
+/* V of every head as s8 for the int8 P·V, head-major ([head][token][hd]),
+ * symmetric with one scale per head and channel (vs[head][d]): a scale per
+ * channel is what survives the sum over tokens, as a Linear's per output
+ * channel weight scale does. */
+static void v_to_s8(ops_ctx *c, const float *v, int64_t ld, int N, int heads, int hd, int8_t *vq, float *vs)
+{
+    ops_ctx_enter(c);
+#pragma omp parallel for schedule(static) if ((int64_t)N * heads * hd > 65536)
+    for (int h = 0; h < heads; h++) {
+        float *s = vs + (int64_t)h * hd;
+        for (int d = 0; d < hd; d++)
+            s[d] = 0.0f;
+        for (int t = 0; t < N; t++) {
+            const float *x = v + t * ld + (int64_t)h * hd;
+            for (int d = 0; d < hd; d++) {
+                float a = x[d] < 0.0f ? -x[d] : x[d];
+                s[d] = a > s[d] ? a : s[d];   /* not fmaxf: a libm call that does not vectorise */
+            }
+        }
+        for (int d = 0; d < hd; d++)
+            s[d] = s[d] > 0.0f && isfinite(s[d]) ? s[d] / 127.0f : 1.0f;
+        for (int t = 0; t < N; t++) {
+            const float *x = v + t * ld + (int64_t)h * hd;
+            int8_t *y = vq + ((int64_t)h * N + t) * hd;
+            for (int d = 0; d < hd; d++) {
+                float q = nearbyintf(x[d] / s[d]);
+                y[d] = (int8_t)(q > 127.0f ? 127 : q < -127.0f ? -127 : q);
+            }
+        }
+    }
+}
+
+/* out[t][h * hd + d] = acc[h][t][d] vs[h][d] / psum[h][t]: the int8 P·V's
+ * sums, scaled back and divided by the rounded probabilities' sum. */
+static void scatter_heads_s32(ops_ctx *c, const int32_t *acc, const float *vs, const int32_t *psum, int n,
+                              int heads, int hd, float *out, int64_t ldo)
+{
+    ops_ctx_enter(c);
+#pragma omp parallel for schedule(static) if ((int64_t)n * heads * hd > 65536)
+    for (int64_t r = 0; r < (int64_t)heads * n; r++) {   /* r = h * n + t */
+        int64_t h = r / n, t = r % n;
+        const int32_t *src = acc + r * hd;
+        const float *s = vs + h * hd;
+        float *dst = out + t * ldo + h * hd, inv = 1.0f / (float)psum[r];
+        for (int d = 0; d < hd; d++)
+            dst[d] = (float)src[d] * s[d] * inv;
+    }
+}
+
+/* The int8 context's attention, both products in u8 x s8 -> s32. Q·Kᵀ:
+ * queries per row with a zero point, keys symmetric, one scale per token
+ * and head; the softmax turns those sums into f32 scores row by row and
+ * writes exp(score - max) as u8 (round(e levels), the row's max exactly
+ * levels). P·V: those u8 probabilities times V in s8 (per channel), divided
+ * by the sum of the rounded probabilities, so that they weigh V exactly as
+ * they sum. Probabilities below half a step (1/510 of the row's largest)
+ * become 0: a row loses them all, not a share of each. */
 static hadm_status attention_int8(ops_ctx *c, int N, int heads, int hd, float scale, const float *q,
                                   const float *k, const float *v, int64_t ld, float *out, int64_t ldo,
                                   hadm_error *err)
@@ -101,26 +155,31 @@ static hadm_status attention_int8(ops_ctx *c, int N, int heads, int hd, float sc
     int tile, group = score_tiles(N, heads, &tile), levels = ops_u8_levels(c);
     int64_t hsz = (int64_t)N * hd, kn = (int64_t)heads * N;
     size_t ssz = (size_t)group * tile * N, qsz = (size_t)group * tile * hd, isz = (size_t)group * tile;
-    /* floats: scores (s32, then f32), output tile, V, and per query row
-     * 1/sum, scale, zero point, then per key row scale and sum; then the u8
-     * query tile and s8 keys, in bytes */
-    size_t nf = ssz + qsz + (size_t)heads * hsz + 3 * isz + 2 * (size_t)kn;
-    float *S = ops_scratch(c, OPS_SCRATCH_ATTN, nf + (qsz + (size_t)kn * hd + 3) / 4);
+    /* 4-byte words: scores (s32, then f32), output tile (s32), V scales, and
+     * per query row the probabilities' sum, scale and zero point, then per
+     * key row scale and sum; then bytes: u8 probabilities, the u8 query
+     * tile, s8 keys and s8 V */
+    size_t nw = ssz + qsz + (size_t)heads * hd + 3 * isz + 2 * (size_t)kn;
+    size_t nb = ssz + qsz + 2 * (size_t)kn * hd;
+    float *S = ops_scratch(c, OPS_SCRATCH_ATTN, nw + (nb + 3) / 4);
     if (!S)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (attention scores)");
-    float *ot = S + ssz, *vh = ot + qsz, *inv_sum = vh + heads * hsz, *qs = inv_sum + isz;
+    int32_t *ot = (int32_t *)(S + ssz);
+    float *vs = (float *)(ot + qsz);
+    int32_t *psum = (int32_t *)(vs + heads * hd);
+    float *qs = (float *)(psum + isz);
     int32_t *qz = (int32_t *)(qs + isz);
     float *ks = (float *)(qz + isz);
     int32_t *ksum = (int32_t *)(ks + kn);
-    uint8_t *qt = (uint8_t *)(ksum + kn);
-    int8_t *kt = (int8_t *)(qt + qsz);
+    uint8_t *P = (uint8_t *)(ksum + kn), *qt = P + ssz;
+    int8_t *kt = (int8_t *)(qt + qsz), *vq = kt + kn * hd;
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if (kn * hd > 65536)
     for (int64_t r = 0; r < kn; r++) {   /* r = h * N + token */
         int64_t h = r / N, t = r % N;
         ops_row_to_s8(k + t * ld + h * hd, hd, kt + r * hd, &ks[r], &ksum[r]);
     }
-    copy_head_major(c, v, ld, 0, N, 0, heads, hd, 1.0f, vh, 0);
+    v_to_s8(c, v, ld, N, heads, hd, vq, vs);
     for (int h0 = 0; h0 < heads; h0 += group) {
         int g = heads - h0 < group ? heads - h0 : group;
         for (int q0 = 0; q0 < N; q0 += tile) {
@@ -139,13 +198,15 @@ static hadm_status attention_int8(ops_ctx *c, int N, int heads, int hd, float sc
             hadm_status s = ops_matmul_batched(c, &qk, g, (int64_t)m * hd, hsz, (int64_t)m * N, err);
             if (s)
                 return s;
-            ops_softmax_rows_unnorm_s32(c, rows, N, (int32_t *)S, N, m, qs, qz, ks + (int64_t)h0 * N,
-                                        ksum + (int64_t)h0 * N, inv_sum);
-            ops_gemm av = {.M = m, .N = hd, .K = N, .A = S, .lda = N, .B = vh + h0 * hsz, .ldb = hd,
-                           .C = ot, .ldc = hd};
+            ops_softmax_rows_s32_u8(c, rows, N, (int32_t *)S, N, m, qs, qz, ks + (int64_t)h0 * N,
+                                    ksum + (int64_t)h0 * N, levels, P, N, psum);
+            ops_gemm av = {.M = m, .N = hd, .K = N, .A = (const float *)P, .lda = N,
+                           .B = (const float *)(vq + h0 * hsz), .ldb = hd, .C = (float *)ot, .ldc = hd,
+                           .ab_int8 = 1};
             if ((s = ops_matmul_batched(c, &av, g, (int64_t)m * N, hsz, (int64_t)m * hd, err)))
                 return s;
-            scatter_heads(ot, inv_sum, m, g, hd, out + (int64_t)q0 * ldo + (int64_t)h0 * hd, ldo);
+            scatter_heads_s32(c, ot, vs + (int64_t)h0 * hd, psum, m, g, hd, out + (int64_t)q0 * ldo + (int64_t)h0 * hd,
+                              ldo);
         }
     }
     return HADM_OK;

@@ -69,13 +69,17 @@ void ops_softmax_row_unnorm512(float *x, int n, float *inv_sum);
 /* int8 attention scores (kernels.c). One row of n values as s8 on its own
  * symmetric range (x = scale y), with the sum of its s8 values. */
 void ops_row_to_s8(const float *x, int n, int8_t *y, float *scale, int32_t *sum);
-/* The unnormalised softmax of rows of s32 sums from u8 x s8 (Q times Kᵀ),
- * turned into f32 scores in place first, while the row is in L1: row r
- * belongs to head h = r / rows_per_head and
+/* The softmax of rows of s32 sums from u8 x s8 (Q times Kᵀ), as u8
+ * probabilities for the int8 P·V: the sums become f32 scores in place first,
+ * while the row is in L1: row r belongs to head h = r / rows_per_head and
  *   score[r][j] = row_scale[r] col_scale[h][j] (x[r][j] - row_zero[r] colsum[h][j])
- * (col arrays are [heads][n]). Leaves exp(score - max) as f32 in x. */
-void ops_softmax_rows_unnorm_s32(ops_ctx *c, int64_t rows, int n, int32_t *x, int64_t ldx, int rows_per_head,
-                                 const float *row_scale, const int32_t *row_zero, const float *col_scale,
-                                 const int32_t *colsum, float *inv_sum);
+ * (col arrays are [heads][n]); then p[r][j] = round(levels exp(score - max))
+ * and psum[r] = sum over j of p[r][j], the divisor that makes the rounded
+ * probabilities sum to exactly 1. */
+void ops_softmax_rows_s32_u8(ops_ctx *c, int64_t rows, int n, int32_t *x, int64_t ldx, int rows_per_head,
+                             const float *row_scale, const int32_t *row_zero, const float *col_scale,
+                             const int32_t *colsum, int levels, uint8_t *p, int64_t ldp, int32_t *psum);
+int32_t ops_softmax_row_s32_u8_512(int32_t *x, int n, float row_scale, int32_t row_zero, const float *cs,
+                                   const int32_t *colsum, int levels, uint8_t *q);
 
 #endif

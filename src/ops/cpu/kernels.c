@@ -350,9 +350,35 @@ void ops_int8_swiglu_ln(ops_ctx *c, int M, int F, int32_t *acc, int64_t ldacc, c
     }
 }
 
-void ops_softmax_rows_unnorm_s32(ops_ctx *c, int64_t rows, int n, int32_t *x, int64_t ldx, int rows_per_head,
-                                 const float *row_scale, const int32_t *row_zero, const float *col_scale,
-                                 const int32_t *colsum, float *inv_sum)
+/* exp values in [0, 1] (a row's max is exactly 1) as round(e levels), into
+ * q; returns their sum. */
+static int32_t probs_to_u8(const float *e, int n, int levels, uint8_t *q)
+{
+    __m256 mul = _mm256_set1_ps((float)levels);
+    __m256i acc = _mm256_setzero_si256();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(e + i), mul));
+        __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(e + i + 8), mul));
+        acc = _mm256_add_epi32(acc, _mm256_add_epi32(a, b));
+        __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8);
+        _mm_storeu_si128((__m128i *)(q + i),
+                         _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+    }
+    int32_t total = 0, lanes[8];
+    _mm256_storeu_si256((__m256i *)lanes, acc);
+    for (int l = 0; l < 8; l++)
+        total += lanes[l];
+    for (; i < n; i++) {
+        q[i] = (uint8_t)nearbyintf(e[i] * (float)levels);
+        total += q[i];
+    }
+    return total;
+}
+
+void ops_softmax_rows_s32_u8(ops_ctx *c, int64_t rows, int n, int32_t *x, int64_t ldx, int rows_per_head,
+                             const float *row_scale, const int32_t *row_zero, const float *col_scale,
+                             const int32_t *colsum, int levels, uint8_t *p, int64_t ldp, int32_t *psum)
 {
     int wide = ops_have_avx512();
     ops_ctx_enter(c);
@@ -360,12 +386,16 @@ void ops_softmax_rows_unnorm_s32(ops_ctx *c, int64_t rows, int n, int32_t *x, in
     for (int64_t r = 0; r < rows; r++) {
         int64_t h = r / rows_per_head;
         int32_t *xr = x + r * ldx;
+        if (wide) {
+            psum[r] = ops_softmax_row_s32_u8_512(xr, n, row_scale[r], row_zero[r], col_scale + h * n,
+                                                 colsum + h * n, levels, p + r * ldp);
+            continue;
+        }
+        float unused;
         /* the row's f32 scores replace its sums, in L1 */
         int8_row(xr, n, row_scale[r], row_zero[r], col_scale + h * n, colsum + h * n, NULL, (float *)xr, 0);
-        if (wide)
-            ops_softmax_row_unnorm512((float *)xr, n, &inv_sum[r]);
-        else
-            softmax_row((float *)xr, n, NULL, &inv_sum[r]);
+        softmax_row((float *)xr, n, NULL, &unused);
+        psum[r] = probs_to_u8((const float *)xr, n, levels, p + r * ldp);
     }
 }
 

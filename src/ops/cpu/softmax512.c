@@ -6,6 +6,7 @@
  * cpu.h), 16 lanes at a time. */
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #include "ops/cpu/cpu.h"
 
@@ -46,6 +47,70 @@ AVX512 void ops_softmax_row_unnorm512(float *x, int n, float *inv_sum)
         vsum = _mm512_add_ps(vsum, e);
     }
     *inv_sum = (float)(1.0 / (double)_mm512_reduce_add_ps(vsum));
+}
+
+/* exp for the u8 probabilities: x <= 0, and a result needs only to land on
+ * the right step of 1/255, so the Taylor series stops at degree 4 (relative
+ * error < 5e-5, a hundredth of a step). */
+AVX512 static inline __m512 exp16_u8(__m512 x)
+{
+    x = _mm512_max_ps(x, _mm512_set1_ps(OPS_EXP_MIN));
+    __m512 kf = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(OPS_EXP_LOG2E)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(OPS_EXP_LN2_HI), x);
+    __m512 p = _mm512_set1_ps(ops_exp_taylor[3]);
+    for (int i = 4; i < 8; i++)
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(ops_exp_taylor[i]));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(kf), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+/* score[j] = rs cs[j] (x[j] - rz colsum[j]) for lanes in mask */
+AVX512 static inline __m512 score16(const int32_t *x, const float *cs, const int32_t *colsum, __m512 rs,
+                                    __m512i rz, __mmask16 mask)
+{
+    __m512i d = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(mask, x),
+                                 _mm512_mullo_epi32(rz, _mm512_maskz_loadu_epi32(mask, colsum)));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), rs), _mm512_maskz_loadu_ps(mask, cs));
+}
+
+/* One row of ops_softmax_rows_s32_u8: the scores are made and their max
+ * taken in one pass (stored as f32 over the sums, in L1), then exp(score -
+ * max) goes straight from the registers to u8. Returns the sum of q. */
+AVX512 int32_t ops_softmax_row_s32_u8_512(int32_t *x, int n, float row_scale, int32_t row_zero, const float *cs,
+                                          const int32_t *colsum, int levels, uint8_t *q)
+{
+    __m512 rs = _mm512_set1_ps(row_scale), vmax = _mm512_set1_ps(-INFINITY);
+    __m512i rz = _mm512_set1_epi32(row_zero);
+    float *f = (float *)x;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = score16(x + i, cs + i, colsum + i, rs, rz, 0xffff);
+        _mm512_storeu_ps(f + i, v);
+        vmax = _mm512_max_ps(vmax, v);
+    }
+    __mmask16 tail = (__mmask16)((1u << (n - i)) - 1);
+    if (tail) {
+        __m512 v = score16(x + i, cs + i, colsum + i, rs, rz, tail);
+        _mm512_mask_storeu_ps(f + i, tail, v);
+        vmax = _mm512_mask_max_ps(vmax, tail, vmax, v);
+    }
+    __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), mul = _mm512_set1_ps((float)levels);
+    __m512i acc = _mm512_setzero_si512();
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(exp16_u8(_mm512_sub_ps(_mm512_loadu_ps(f + i), vm)), mul));
+        acc = _mm512_add_epi32(acc, v);
+        _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtusepi32_epi8(v));
+    }
+    if (tail) {
+        __m512 e = exp16_u8(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, f + i), vm));
+        __m512i v = _mm512_maskz_mov_epi32(tail, _mm512_cvtps_epi32(_mm512_mul_ps(e, mul)));
+        acc = _mm512_add_epi32(acc, v);
+        uint8_t last[16];   /* a masked byte store needs AVX-512BW */
+        _mm_storeu_si128((__m128i *)last, _mm512_cvtusepi32_epi8(v));
+        memcpy(q + i, last, (size_t)(n - i));
+    }
+    return _mm512_reduce_add_epi32(acc);
 }
 
 int ops_have_avx512(void)
