@@ -1,14 +1,14 @@
 /* int8 convolution. Each output pixel's receptive field (kh x kw x Cin
- * values, taps in (ky, kx, c) order, zeros outside the image) is gathered
- * into one row and quantised to u8 on that row's own range, exactly as a
- * Linear's activations are; the rows then meet the int8 weights, reordered
+ * values, taps in (ky, kx, c) order, zeros outside the image) is one row
+ * quantised to u8 on that row's own range, exactly as a Linear's
+ * activations are; the range is the union of its pixels' ranges, each
+ * found once, and the row is quantised straight from the input; the rows then meet the int8 weights, reordered
  * to [Cout][ky][kx][Cin], in the int8 matmul (dnnl_lowp.c), whose epilogue
  * writes f32 NHWC output with the bias. Rows go in chunks, so the u8
  * buffer stays a few MB whatever the image size.
  *
  * A scale per row rather than per image matters: feature maps mix strong
  * and weak regions, and one range for all would crush the weak ones. */
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,20 +48,46 @@ static hadm_status conv_weights(ops_ctx *c, const ops_conv *p, const ops_packed 
     return HADM_OK;
 }
 
-/* Row r of the im2col matrix (output pixel r of the batch) into row, K floats. */
-static void gather_row(const ops_conv *p, int ho, int wo, int64_t r, float *row)
+/* Each input pixel's range, widened to include 0: [pixel][lo, hi]. */
+static void pixel_ranges(ops_ctx *c, const ops_conv *p, float *range)
+{
+    int64_t pixels = (int64_t)p->N * p->H * p->W;
+    ops_ctx_enter(c);
+#pragma omp parallel for schedule(static) if (pixels * p->Cin > 65536)
+    for (int64_t i = 0; i < pixels; i++)
+        ops_row_range(p->x + i * p->Cin, p->Cin, &range[2 * i], &range[2 * i + 1]);
+}
+
+/* Row r of the im2col matrix (output pixel r of the batch: taps in (ky, kx,
+ * c) order, zeros outside the image) as u8 on the row's own range, which is
+ * the union of its taps' pixel ranges: quantised straight from the input,
+ * never gathered as floats. */
+static void quantize_row(const ops_conv *p, int ho, int wo, const float *range, int levels, int64_t r,
+                         uint8_t *q, float *scale, int32_t *zero)
 {
     int64_t n = r / ((int64_t)ho * wo);
     int rem = (int)(r % ((int64_t)ho * wo)), oy = rem / wo, ox = rem % wo;
+    int y0 = oy * p->stride - ops_conv_pad_rows(p), x0 = ox * p->stride - p->pad;
+    float lo = 0.0f, hi = 0.0f;
+    for (int ky = 0; ky < p->kh; ky++)
+        for (int kx = 0; kx < p->kw; kx++) {
+            int iy = y0 + ky, ix = x0 + kx;
+            if (iy >= 0 && iy < p->H && ix >= 0 && ix < p->W) {
+                const float *rg = range + 2 * ((n * p->H + iy) * p->W + ix);
+                lo = rg[0] < lo ? rg[0] : lo;
+                hi = rg[1] > hi ? rg[1] : hi;
+            }
+        }
+    ops_u8_params(lo, hi, levels, scale, zero);
     size_t cin = (size_t)p->Cin;
     for (int ky = 0; ky < p->kh; ky++)
         for (int kx = 0; kx < p->kw; kx++) {
-            int iy = oy * p->stride - ops_conv_pad_rows(p) + ky, ix = ox * p->stride - p->pad + kx;
-            float *dst = row + (size_t)(ky * p->kw + kx) * cin;
+            int iy = y0 + ky, ix = x0 + kx;
+            uint8_t *dst = q + (size_t)(ky * p->kw + kx) * cin;
             if (iy >= 0 && iy < p->H && ix >= 0 && ix < p->W)
-                memcpy(dst, p->x + ((n * p->H + iy) * p->W + ix) * cin, cin * sizeof *dst);
+                ops_quantize_u8(p->x + ((n * p->H + iy) * p->W + ix) * cin, p->Cin, *scale, *zero, levels, dst);
             else
-                memset(dst, 0, cin * sizeof *dst);
+                memset(dst, *zero, cin);
         }
 }
 
@@ -69,30 +95,27 @@ hadm_status cpu_conv_int8(ops_ctx *c, const ops_conv *p, hadm_error *err)
 {
     int ho = ops_conv_out_h(p), wo = ops_conv_out_w(p);
     int K = p->kh * p->kw * p->Cin;
-    int64_t rows = (int64_t)p->N * ho * wo;
+    int64_t rows = (int64_t)p->N * ho * wo, pixels = (int64_t)p->N * p->H * p->W;
     const ops_packed *pk = NULL;
     hadm_status s = conv_weights(c, p, &pk, err);
     if (s)
         return s;
     size_t qbytes = ((size_t)CHUNK_ROWS * K + 63) & ~(size_t)63;
     size_t rbytes = CHUNK_ROWS * sizeof(float);
-    int threads = ops_ctx_threads(c);
-    char *buf = ops_conv_buffer(c, qbytes + 2 * rbytes + (size_t)threads * K * sizeof(float));
+    char *buf = ops_conv_buffer(c, qbytes + 2 * rbytes + (size_t)pixels * 2 * sizeof(float));
     if (!buf)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (int8 conv rows)");
     uint8_t *q = (uint8_t *)buf;
-    float *scale = (float *)(buf + qbytes), *tmp = (float *)(buf + qbytes + 2 * rbytes);
+    float *scale = (float *)(buf + qbytes), *range = (float *)(buf + qbytes + 2 * rbytes);
     int32_t *zero = (int32_t *)(buf + qbytes + rbytes);
     int levels = ops_u8_levels(c);
+    pixel_ranges(c, p, range);
     for (int64_t r0 = 0; !s && r0 < rows; r0 += CHUNK_ROWS) {
         int m = rows - r0 < CHUNK_ROWS ? (int)(rows - r0) : CHUNK_ROWS;
         ops_ctx_enter(c);
 #pragma omp parallel for schedule(static)
-        for (int i = 0; i < m; i++) {
-            float *row = tmp + (size_t)omp_get_thread_num() * K;
-            gather_row(p, ho, wo, r0 + i, row);
-            ops_row_to_u8(row, K, levels, q + (size_t)i * K, &scale[i], &zero[i]);
-        }
+        for (int i = 0; i < m; i++)
+            quantize_row(p, ho, wo, range, levels, r0 + i, q + (size_t)i * K, &scale[i], &zero[i]);
         ops_gemm g = {.M = m, .N = p->Cout, .K = K, .A = (const float *)q, .lda = K, .trans_b = 1,
                       .bias = p->bias, .C = p->y + r0 * p->Cout, .ldc = p->Cout, .packed = pk,
                       .a_converted = 1, .a_scale = scale, .a_zero = zero};

@@ -32,6 +32,12 @@ void ops_rows_to_bf16(ops_ctx *c, int64_t rows, int n, const float *x, int64_t l
 /* One row of n values as u8: x = scale (y - zero), levels + 1 steps spanning
  * the row's range and 0 (so 0 is exact). */
 void ops_row_to_u8(const float *x, int n, int levels, uint8_t *y, float *scale, int32_t *zero);
+/* Its three steps, for rows whose range is known from their parts
+ * (conv_int8.c): the row's min and max, widened to include 0; the scale and
+ * zero point for that range; the values as u8 with them. */
+void ops_row_range(const float *x, int n, float *lo, float *hi);
+void ops_u8_params(float lo, float hi, int levels, float *scale, int32_t *zero);
+void ops_quantize_u8(const float *x, int n, float scale, int32_t zero, int levels, uint8_t *y);
 /* u8 with a scale and zero point per row (x = scale[r] (y - zero[r])), on
  * levels + 1 steps (255 or 127) spanning the row's range and 0. */
 void ops_rows_to_u8(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, int levels, uint8_t *y,

@@ -215,7 +215,7 @@ static inline float hmin8(__m256 v)
 
 /* One row's range, widened to include 0 so that zero (window padding, ReLU
  * output) is exact after quantisation. */
-static void row_range(const float *x, int n, float *lo, float *hi)
+void ops_row_range(const float *x, int n, float *lo, float *hi)
 {
     __m256 mn = _mm256_setzero_ps(), mx = _mm256_setzero_ps();
     int i = 0;
@@ -232,15 +232,16 @@ static void row_range(const float *x, int n, float *lo, float *hi)
     *lo = l, *hi = h;
 }
 
-void ops_row_to_u8(const float *x, int n, int levels, uint8_t *y, float *scale, int32_t *zero)
+void ops_u8_params(float lo, float hi, int levels, float *scale, int32_t *zero)
 {
-    float lo, hi;
-    row_range(x, n, &lo, &hi);
     float s = hi > lo && isfinite(hi - lo) ? (hi - lo) / (float)levels : 1.0f;
     int32_t z = (int32_t)nearbyintf(-lo / s);
-    z = z < 0 ? 0 : z > levels ? levels : z;
     *scale = s;
-    *zero = z;
+    *zero = z < 0 ? 0 : z > levels ? levels : z;
+}
+
+void ops_quantize_u8(const float *x, int n, float s, int32_t z, int levels, uint8_t *y)
+{
     __m256 inv = _mm256_set1_ps(1.0f / s);
     __m256i zv = _mm256_set1_epi32(z), top = _mm256_set1_epi32(levels);
     int i = 0;
@@ -260,10 +261,18 @@ void ops_row_to_u8(const float *x, int n, int levels, uint8_t *y, float *scale, 
     }
 }
 
+void ops_row_to_u8(const float *x, int n, int levels, uint8_t *y, float *scale, int32_t *zero)
+{
+    float lo, hi;
+    ops_row_range(x, n, &lo, &hi);
+    ops_u8_params(lo, hi, levels, scale, zero);
+    ops_quantize_u8(x, n, *scale, *zero, levels, y);
+}
+
 void ops_row_to_s8(const float *x, int n, int8_t *y, float *scale, int32_t *sum)
 {
     float lo, hi;
-    row_range(x, n, &lo, &hi);
+    ops_row_range(x, n, &lo, &hi);
     float mx = hi > -lo ? hi : -lo;
     float s = mx > 0 && isfinite(mx) ? mx / 127.0f : 1.0f;
     __m256 inv = _mm256_set1_ps(1.0f / s);
