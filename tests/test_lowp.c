@@ -178,6 +178,55 @@ static void test_softmax_unnorm(ops_ctx *c)
     }
 }
 
+/* The int8 attention's softmax from s32 sums to u8 probabilities, AVX-512
+ * (where the CPU has it) and AVX2, against double precision: every
+ * probability round(levels 2^(score - max)) exact except where the exact
+ * value lies within 0.05 of a rounding boundary (then off by at most one),
+ * and the reported sum that of the probabilities written. */
+static void test_softmax_s32_u8(ops_ctx *c)
+{
+    static const int lens[] = {1, 7, 16, 17, 196, 4096};
+    static int32_t x[2 * 4096], keep[2 * 4096];
+    static float ks[2 * 4096], ksum[2 * 4096], kss[2 * 4096];
+    static uint8_t p[2 * 4096];
+    float scale[2] = {3e-2f, 7e-3f};
+    int32_t zero[2] = {131, 7}, psum[2];
+    for (int avx2 = 0; avx2 <= 1; avx2++) {
+        ops_test_avx512_off(avx2);
+        for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+            int n = lens[li], bad = 0, sums_ok = 1;
+            for (int i = 0; i < 2 * n; i++) {
+                keep[i] = x[i] = (int32_t)(uniform() * 40000.0f) + 20000;
+                ks[i] = 0.005f + 0.01f * (uniform() + 1.0f);
+                ksum[i] = (float)(int)(uniform() * 200.0f);
+                kss[i] = ks[i] * ksum[i];
+            }
+            /* two rows, one per head (rows_per_head 1): key arrays [h][n] */
+            ops_softmax2_rows_s32_u8(c, 2, n, x, n, 1, scale, zero, ks, kss, 255, p, n, psum);
+            for (int r = 0; r < 2; r++) {
+                double mx = -INFINITY, sc[4096];
+                int32_t total = 0;
+                for (int j = 0; j < n; j++) {
+                    int i = r * n + j;
+                    sc[j] = (double)scale[r] * ks[i] * ((double)keep[i] - (double)zero[r] * ksum[i]);
+                    mx = sc[j] > mx ? sc[j] : mx;
+                }
+                for (int j = 0; j < n; j++) {
+                    double want = 255.0 * exp2(sc[j] - mx);
+                    int near = fabs(want - floor(want) - 0.5) < 0.05;
+                    int got = p[r * n + j];
+                    total += got;
+                    bad += near ? abs(got - (int)nearbyint(want)) > 1 : got != (int)nearbyint(want);
+                }
+                sums_ok &= total == psum[r];
+            }
+            CHECK(bad == 0 && sums_ok, "s32 -> u8 softmax n=%d%s: %d probabilities off, sums %s", n,
+                  avx2 ? " (AVX2)" : "", bad, sums_ok ? "right" : "wrong");
+        }
+    }
+    ops_test_avx512_off(0);
+}
+
 /* bf16-packed weights in an F32 context (CPUs whose bf16 is slow) are
  * widened to f32: the product must be the f32 one of the bf16-rounded
  * weights, also when three weights take turns in the two widened slots. */
@@ -257,28 +306,6 @@ static void test_swiglu_ln(ops_ctx *c, const float *a, const float *w, const flo
     }
 }
 
-/* One row as s8: within half a step of the input, the reported sum right,
- * an all-zero row exact. */
-static void test_s8_rows(void)
-{
-    float x[67], scale;
-    int8_t y[67];
-    int32_t sum;
-    for (int trial = 0; trial < 2; trial++) {
-        for (int i = 0; i < 67; i++)
-            x[i] = trial ? 0.0f : uniform() * 3.0f;
-        ops_row_to_s8(x, 67, y, &scale, &sum);
-        int32_t total = 0;
-        int bad = 0;
-        for (int i = 0; i < 67; i++) {
-            total += y[i];
-            bad += fabsf(y[i] * scale - x[i]) > 0.5001f * scale;
-        }
-        CHECK(bad == 0 && total == sum, "s8 row %d: %d values off by more than half a step, sum %d vs %d",
-              trial, bad, sum, total);
-    }
-}
-
 /* Attention in double from q (pre-scaled), k, v rows [n][ld] of one head. */
 static void attention_ref(int n, int hd, const double *q, const double *k, const float *v, int ld, double *out)
 {
@@ -304,6 +331,20 @@ static void attention_ref(int n, int hd, const double *q, const double *k, const
     free(p);
 }
 
+/* n rows (stride ld) of hd values as s8, one symmetric scale per channel
+ * (max |x| / 127), as the int8 attention quantises K and V. */
+static void channels_to_s8(const float *x, int ld, int n, int hd, float *scale, int8_t *y)
+{
+    for (int e = 0; e < hd; e++) {
+        float mx = 0;
+        for (int j = 0; j < n; j++)
+            mx = fabsf(x[j * ld + e]) > mx ? fabsf(x[j * ld + e]) : mx;
+        scale[e] = mx > 0 ? mx / 127.0f : 1.0f;
+        for (int j = 0; j < n; j++)
+            y[j * hd + e] = (int8_t)nearbyintf(x[j * ld + e] / scale[e]);
+    }
+}
+
 /* The int8 attention's own arithmetic in double, from its dequantised
  * queries and keys (pre-scaled): V per channel in s8 (max |v| / 127), the
  * probabilities p = round(levels exp(s - max)), out = sum p v / sum p.
@@ -315,14 +356,12 @@ static void attention_int8_ref(int n, int hd, const double *q, const double *k, 
 {
     double *p = malloc((size_t)n * sizeof *p), *vd = malloc((size_t)n * hd * sizeof *vd);
     int *near = malloc((size_t)n * sizeof *near);
-    for (int e = 0; e < hd; e++) {
-        float mx = 0;
-        for (int j = 0; j < n; j++)
-            mx = fabsf(v[j * ld + e]) > mx ? fabsf(v[j * ld + e]) : mx;
-        float s = mx > 0 ? mx / 127.0f : 1.0f;
-        for (int j = 0; j < n; j++)
-            vd[j * hd + e] = (double)s * nearbyintf(v[j * ld + e] / s);
-    }
+    float vs[64];
+    int8_t *v8 = malloc((size_t)n * hd);
+    channels_to_s8(v, ld, n, hd, vs, v8);
+    for (int j = 0; j < n * hd; j++)
+        vd[j] = (double)vs[j % hd] * v8[j];
+    free(v8);
     for (int i = 0; i < n; i++) {
         double mx = -INFINITY, sum = 0;
         int flips = 0;
@@ -406,23 +445,27 @@ static void test_attention_int8(void)
         float *qkv = malloc((size_t)n * ld * sizeof *qkv), *out = malloc((size_t)n * heads * hd * sizeof *out);
         double *q = malloc((size_t)n * hd * 4 * sizeof *q), *k = q + n * hd, *qd = k + n * hd, *kd = qd + n * hd;
         double *want = malloc((size_t)n * hd * 3 * sizeof *want), *exact = want + n * hd, *bound = exact + n * hd;
+        int8_t k8[64];
         for (int i = 0; i < n * ld; i++)
             qkv[i] = uniform() * 2.5f + (i % 7 == 0 ? 1.0f : 0.0f);
         CHECK(ops_attention(c, n, heads, hd, scale, qkv, qkv + heads * hd, qkv + 2 * heads * hd, ld, out,
                             heads * hd, &err) == HADM_OK, "int8 attention: %s", err.msg);
         double worst_exact = 0, num = 0, den = 0;
         for (int h = 0; h < heads; h++) {
+            /* each key and query row on its own range; the queries' scales
+             * carry the softmax scale and log2(e): the s32 sums are scores
+             * in base 2, hence the ln 2 back to natural units */
             for (int t = 0; t < n; t++) {
                 const float *qr = qkv + t * ld + h * hd, *kr = qr + heads * hd;
                 uint8_t qu[64];
-                int8_t k8[64];
                 int32_t qz, ksum;
                 ops_row_to_u8(qr, hd, ops_u8_levels(c), qu, &qs, &qz);
                 ops_row_to_s8(kr, hd, k8, &ks, &ksum);
+                qs *= scale * OPS_EXP_LOG2E;
                 for (int e = 0; e < hd; e++) {
                     q[t * hd + e] = (double)qr[e] * scale;
                     k[t * hd + e] = kr[e];
-                    qd[t * hd + e] = (double)(qs * scale) * (qu[e] - qz);
+                    qd[t * hd + e] = (double)qs * (qu[e] - qz) * M_LN2;
                     kd[t * hd + e] = (double)ks * k8[e];
                 }
             }
@@ -467,6 +510,7 @@ int main(void)
     ops_ctx_set_compute(c, OPS_BF16);   /* bf16 weights computed in bf16, whatever this CPU prefers */
     test_u8_rows(c, a);
     test_softmax_unnorm(c);
+    test_softmax_s32_u8(c);
     test_swiglu_ln(c, a, w, bias);
     int8_operands(c, a, w, aq, wq);
     /* The S8 path quantises with 127 levels on CPUs without VNNI: then it
@@ -510,7 +554,6 @@ int main(void)
     }
     ops_ctx_free(c);
     test_conv_int8();
-    test_s8_rows();
     test_attention_f32();
     test_attention_int8();
     test_widened(a, w, bias, c0);

@@ -93,8 +93,8 @@ static int score_tiles(int N, int heads, int *tile)
 
 /* V of every head as s8 for the int8 P·V, head-major ([head][token][hd]),
  * symmetric with one scale per head and channel (vs[head][d]): a scale per
- * channel is what survives the sum over tokens, as a Linear's per output
- * channel weight scale does. */
+ * channel is what factors out of the sum over tokens, as a Linear's per
+ * output channel weight scale does. */
 static void v_to_s8(ops_ctx *c, const float *v, int64_t ld, int N, int heads, int hd, int8_t *vq, float *vs)
 {
     ops_ctx_enter(c);
@@ -142,8 +142,9 @@ static void scatter_heads_s32(ops_ctx *c, const int32_t *acc, const float *vs, c
 
 /* The int8 context's attention, both products in u8 x s8 -> s32. Q·Kᵀ:
  * queries per row with a zero point, keys symmetric, one scale per token
- * and head; the softmax turns those sums into f32 scores row by row and
- * writes exp(score - max) as u8 (round(e levels), the row's max exactly
+ * and head; the queries' scales carry the softmax scale and log2(e), so the
+ * softmax works in base 2. It makes the scores row by row from the s32 sums
+ * and writes exp(score - max) as u8 (round(e levels), the row's max exactly
  * levels). P·V: those u8 probabilities times V in s8 (per channel), divided
  * by the sum of the rounded probabilities, so that they weigh V exactly as
  * they sum. Probabilities below half a step (1/510 of the row's largest)
@@ -155,31 +156,32 @@ static hadm_status attention_int8(ops_ctx *c, int N, int heads, int hd, float sc
     int tile, group = score_tiles(N, heads, &tile), levels = ops_u8_levels(c);
     int64_t hsz = (int64_t)N * hd, kn = (int64_t)heads * N;
     size_t ssz = (size_t)group * tile * N, qsz = (size_t)group * tile * hd, isz = (size_t)group * tile;
-    /* 4-byte words: scores (s32, then f32), output tile (s32), V scales, and
-     * per query row the probabilities' sum, scale and zero point, then per
-     * key row scale and sum; then bytes: u8 probabilities, the u8 query
-     * tile, s8 keys and s8 V */
-    size_t nw = ssz + qsz + (size_t)heads * hd + 3 * isz + 2 * (size_t)kn;
+    /* 4-byte words: scores (s32), output tile (s32), V's channel scales, per
+     * key row its scale and scale times s8 sum, per query row the
+     * probabilities' sum, scale and zero point; then bytes: u8
+     * probabilities, the u8 query tile, s8 K and s8 V */
+    size_t nw = ssz + qsz + (size_t)heads * hd + 2 * (size_t)kn + 3 * isz;
     size_t nb = ssz + qsz + 2 * (size_t)kn * hd;
     float *S = ops_scratch(c, OPS_SCRATCH_ATTN, nw + (nb + 3) / 4);
     if (!S)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (attention scores)");
     int32_t *ot = (int32_t *)(S + ssz);
-    float *vs = (float *)(ot + qsz);
-    int32_t *psum = (int32_t *)(vs + heads * hd);
+    float *vs = (float *)(ot + qsz), *ks = vs + heads * hd, *kss = ks + kn;
+    int32_t *psum = (int32_t *)(kss + kn);
     float *qs = (float *)(psum + isz);
     int32_t *qz = (int32_t *)(qs + isz);
-    float *ks = (float *)(qz + isz);
-    int32_t *ksum = (int32_t *)(ks + kn);
-    uint8_t *P = (uint8_t *)(ksum + kn), *qt = P + ssz;
+    uint8_t *P = (uint8_t *)(qz + isz), *qt = P + ssz;
     int8_t *kt = (int8_t *)(qt + qsz), *vq = kt + kn * hd;
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if (kn * hd > 65536)
     for (int64_t r = 0; r < kn; r++) {   /* r = h * N + token */
         int64_t h = r / N, t = r % N;
-        ops_row_to_s8(k + t * ld + h * hd, hd, kt + r * hd, &ks[r], &ksum[r]);
+        int32_t sum;
+        ops_row_to_s8(k + t * ld + h * hd, hd, kt + r * hd, &ks[r], &sum);
+        kss[r] = ks[r] * (float)sum;
     }
     v_to_s8(c, v, ld, N, heads, hd, vq, vs);
+    float qmul = scale * OPS_EXP_LOG2E;
     for (int h0 = 0; h0 < heads; h0 += group) {
         int g = heads - h0 < group ? heads - h0 : group;
         for (int q0 = 0; q0 < N; q0 += tile) {
@@ -190,7 +192,7 @@ static hadm_status attention_int8(ops_ctx *c, int N, int heads, int hd, float sc
             for (int64_t r = 0; r < rows; r++) {   /* r = h * m + i */
                 int64_t h = r / m, i = r % m;
                 ops_row_to_u8(q + (q0 + i) * ld + (h0 + h) * hd, hd, levels, qt + r * hd, &qs[r], &qz[r]);
-                qs[r] *= scale;
+                qs[r] *= qmul;
             }
             ops_gemm qk = {.M = m, .N = N, .K = hd, .A = (const float *)qt, .lda = hd,
                            .B = (const float *)(kt + h0 * hsz), .ldb = hd, .trans_b = 1,
@@ -198,15 +200,15 @@ static hadm_status attention_int8(ops_ctx *c, int N, int heads, int hd, float sc
             hadm_status s = ops_matmul_batched(c, &qk, g, (int64_t)m * hd, hsz, (int64_t)m * N, err);
             if (s)
                 return s;
-            ops_softmax_rows_s32_u8(c, rows, N, (int32_t *)S, N, m, qs, qz, ks + (int64_t)h0 * N,
-                                    ksum + (int64_t)h0 * N, levels, P, N, psum);
+            ops_softmax2_rows_s32_u8(c, rows, N, (int32_t *)S, N, m, qs, qz, ks + (int64_t)h0 * N,
+                                     kss + (int64_t)h0 * N, levels, P, N, psum);
             ops_gemm av = {.M = m, .N = hd, .K = N, .A = (const float *)P, .lda = N,
                            .B = (const float *)(vq + h0 * hsz), .ldb = hd, .C = (float *)ot, .ldc = hd,
                            .ab_int8 = 1};
             if ((s = ops_matmul_batched(c, &av, g, (int64_t)m * N, hsz, (int64_t)m * hd, err)))
                 return s;
-            scatter_heads_s32(c, ot, vs + (int64_t)h0 * hd, psum, m, g, hd, out + (int64_t)q0 * ldo + (int64_t)h0 * hd,
-                              ldo);
+            scatter_heads_s32(c, ot, vs + (int64_t)h0 * hd, psum, m, g, hd,
+                              out + (int64_t)q0 * ldo + (int64_t)h0 * hd, ldo);
         }
     }
     return HADM_OK;

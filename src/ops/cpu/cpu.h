@@ -38,6 +38,9 @@ void ops_row_to_u8(const float *x, int n, int levels, uint8_t *y, float *scale, 
 void ops_row_range(const float *x, int n, float *lo, float *hi);
 void ops_u8_params(float lo, float hi, int levels, float *scale, int32_t *zero);
 void ops_quantize_u8(const float *x, int n, float scale, int32_t zero, int levels, uint8_t *y);
+/* One row of n values as s8 on its own symmetric range (x = scale y; scale
+ * 1 for an all-zero row), with the sum of its s8 values. */
+void ops_row_to_s8(const float *x, int n, int8_t *y, float *scale, int32_t *sum);
 /* u8 with a scale and zero point per row (x = scale[r] (y - zero[r])), on
  * levels + 1 steps (255 or 127) spanning the row's range and 0. */
 void ops_rows_to_u8(ops_ctx *c, int64_t rows, int n, const float *x, int64_t ldx, int levels, uint8_t *y,
@@ -70,22 +73,23 @@ void ops_softmax_rows_unnorm(ops_ctx *c, int64_t rows, int n, float *x, int64_t 
                              int64_t ldy, float *inv_sum);
 /* The same (f32 output only) with AVX-512 (softmax512.c), where the CPU has it. */
 int ops_have_avx512(void);
+/* For tests: take the AVX2 paths even on a CPU with AVX-512 (off = 1), or
+ * detect again (off = 0). */
+void ops_test_avx512_off(int off);
 void ops_softmax_rows_unnorm512(ops_ctx *c, int64_t rows, int n, float *x, int64_t ldx, float *inv_sum);
 void ops_softmax_row_unnorm512(float *x, int n, float *inv_sum);
-/* int8 attention scores (kernels.c). One row of n values as s8 on its own
- * symmetric range (x = scale y), with the sum of its s8 values. */
-void ops_row_to_s8(const float *x, int n, int8_t *y, float *scale, int32_t *sum);
 /* The softmax of rows of s32 sums from u8 x s8 (Q times Kᵀ), as u8
- * probabilities for the int8 P·V: the sums become f32 scores in place first,
- * while the row is in L1: row r belongs to head h = r / rows_per_head and
- *   score[r][j] = row_scale[r] col_scale[h][j] (x[r][j] - row_zero[r] colsum[h][j])
- * (col arrays are [heads][n]); then p[r][j] = round(levels exp(score - max))
- * and psum[r] = sum over j of p[r][j], the divisor that makes the rounded
- * probabilities sum to exactly 1. */
-void ops_softmax_rows_s32_u8(ops_ctx *c, int64_t rows, int n, int32_t *x, int64_t ldx, int rows_per_head,
-                             const float *row_scale, const int32_t *row_zero, const float *col_scale,
-                             const int32_t *colsum, int levels, uint8_t *p, int64_t ldp, int32_t *psum);
-int32_t ops_softmax_row_s32_u8_512(int32_t *x, int n, float row_scale, int32_t row_zero, const float *cs,
-                                   const int32_t *colsum, int levels, uint8_t *q);
+ * probabilities for the int8 P·V. Row r belongs to head h = r / rows_per_head
+ * and its scores, in base 2, are
+ *   score[r][j] = row_scale[r] kscale[h][j] (x[r][j] - row_zero[r] ksum[h][j])
+ * given as kscale and kss = kscale ksum ([heads][n]: each key's scale, and
+ * its scale times the sum of its s8 values); then
+ * p[r][j] = round(levels 2^(score - max)) and psum[r] = sum over j of
+ * p[r][j], the divisor that makes the rounded probabilities sum to 1. */
+void ops_softmax2_rows_s32_u8(ops_ctx *c, int64_t rows, int n, int32_t *x, int64_t ldx, int rows_per_head,
+                              const float *row_scale, const int32_t *row_zero, const float *kscale,
+                              const float *kss, int levels, uint8_t *p, int64_t ldp, int32_t *psum);
+int32_t ops_softmax2_row_s32_u8_512(const int32_t *x, int n, float a, float b, const float *ks, const float *kss,
+                                    int levels, uint8_t *q);
 
 #endif

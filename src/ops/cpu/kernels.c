@@ -385,26 +385,27 @@ static int32_t probs_to_u8(const float *e, int n, int levels, uint8_t *q)
     return total;
 }
 
-void ops_softmax_rows_s32_u8(ops_ctx *c, int64_t rows, int n, int32_t *x, int64_t ldx, int rows_per_head,
-                             const float *row_scale, const int32_t *row_zero, const float *col_scale,
-                             const int32_t *colsum, int levels, uint8_t *p, int64_t ldp, int32_t *psum)
+void ops_softmax2_rows_s32_u8(ops_ctx *c, int64_t rows, int n, int32_t *x, int64_t ldx, int rows_per_head,
+                              const float *row_scale, const int32_t *row_zero, const float *kscale,
+                              const float *kss, int levels, uint8_t *p, int64_t ldp, int32_t *psum)
 {
     int wide = ops_have_avx512();
     ops_ctx_enter(c);
 #pragma omp parallel for schedule(static) if (rows * n > PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
-        int64_t h = r / rows_per_head;
+        const float *ks = kscale + r / rows_per_head * n, *kz = kss + r / rows_per_head * n;
+        float a = row_scale[r], b = row_scale[r] * (float)row_zero[r];
         int32_t *xr = x + r * ldx;
         if (wide) {
-            psum[r] = ops_softmax_row_s32_u8_512(xr, n, row_scale[r], row_zero[r], col_scale + h * n,
-                                                 colsum + h * n, levels, p + r * ldp);
+            psum[r] = ops_softmax2_row_s32_u8_512(xr, n, a, b, ks, kz, levels, p + r * ldp);
             continue;
         }
-        float unused;
-        /* the row's f32 scores replace its sums, in L1 */
-        int8_row(xr, n, row_scale[r], row_zero[r], col_scale + h * n, colsum + h * n, NULL, (float *)xr, 0);
-        softmax_row((float *)xr, n, NULL, &unused);
-        psum[r] = probs_to_u8((const float *)xr, n, levels, p + r * ldp);
+        /* the natural-base scores replace the sums in place, then the f32 softmax */
+        float *f = (float *)xr, unused;
+        for (int j = 0; j < n; j++)
+            f[j] = (a * (ks[j] * (float)xr[j]) - b * kz[j]) * 0.693147181f;
+        softmax_row(f, n, NULL, &unused);
+        psum[r] = probs_to_u8(f, n, levels, p + r * ldp);
     }
 }
 

@@ -51,20 +51,6 @@ void ops_part_to_f32(const ops_wpart *p, int64_t K, int64_t n, float *dst)
         dst[i] = part_value(p, K, i);
 }
 
-/* One row as int8 with its own scale (absmax / 127; 1 for an all-zero row). */
-static void row_to_s8(const float *x, int64_t K, int8_t *q, float *scale)
-{
-    float mx = 0;
-    for (int64_t i = 0; i < K; i++)
-        mx = fabsf(x[i]) > mx ? fabsf(x[i]) : mx;
-    float s = mx > 0 ? mx / 127.0f : 1.0f;
-    for (int64_t i = 0; i < K; i++) {
-        float v = nearbyintf(x[i] / s);
-        q[i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
-    }
-    *scale = s;
-}
-
 /* Writes `rows` rows of part p, as element type `to`, at dst (and their
  * scales at scale for S8). row_f32 is scratch for one row of K floats. */
 void ops_part_convert(const ops_wpart *p, int64_t K, ops_dtype to, void *dst, float *scale,
@@ -85,6 +71,6 @@ void ops_part_convert(const ops_wpart *p, int64_t K, ops_dtype to, void *dst, fl
             for (int64_t i = 0; i < K; i++)
                 ((uint16_t *)dst)[r * K + i] = ops_f32_to_bf16(row[i]);
         else if (to == OPS_S8)
-            row_to_s8(row, K, (int8_t *)dst + r * K, &scale[r]);
+            ops_row_to_s8(row, (int)K, (int8_t *)dst + r * K, &scale[r], &(int32_t){0});
     }
 }

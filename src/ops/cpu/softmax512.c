@@ -49,62 +49,55 @@ AVX512 void ops_softmax_row_unnorm512(float *x, int n, float *inv_sum)
     *inv_sum = (float)(1.0 / (double)_mm512_reduce_add_ps(vsum));
 }
 
-/* exp for the u8 probabilities: x <= 0, and a result needs only to land on
- * the right step of 1/255, so the Taylor series stops at degree 4 (relative
- * error < 5e-5, a hundredth of a step). */
-AVX512 static inline __m512 exp16_u8(__m512 x)
+/* levels 2^u for u <= 0: u = k + f with |f| <= 1/2, levels 2^f by its
+ * degree-4 Taylor series (relative error < 5e-5: a result needs only to
+ * land on the right integer, and this moves it by 0.013 at most), times 2^k
+ * by scalef. Below 2^-30 everything rounds to 0 anyway. */
+AVX512 static inline __m512 pow2_levels16(__m512 u, const float c[5])
 {
-    x = _mm512_max_ps(x, _mm512_set1_ps(OPS_EXP_MIN));
-    __m512 kf = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(OPS_EXP_LOG2E)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(OPS_EXP_LN2_HI), x);
-    __m512 p = _mm512_set1_ps(ops_exp_taylor[3]);
-    for (int i = 4; i < 8; i++)
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(ops_exp_taylor[i]));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(kf), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    u = _mm512_max_ps(u, _mm512_set1_ps(-30.0f));
+    __m512 k = _mm512_roundscale_ps(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(u, k), p = _mm512_set1_ps(c[4]);
+    for (int i = 3; i >= 0; i--)
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c[i]));
+    return _mm512_scalef_ps(p, k);
 }
 
-/* score[j] = rs cs[j] (x[j] - rz colsum[j]) for lanes in mask */
-AVX512 static inline __m512 score16(const int32_t *x, const float *cs, const int32_t *colsum, __m512 rs,
-                                    __m512i rz, __mmask16 mask)
+/* score2[j] = a ks[j] x[j] - b kss[j], for lanes in mask */
+AVX512 static inline __m512 score2_16(const int32_t *x, const float *ks, const float *kss, __m512 a, __m512 b,
+                                      __mmask16 mask)
 {
-    __m512i d = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(mask, x),
-                                 _mm512_mullo_epi32(rz, _mm512_maskz_loadu_epi32(mask, colsum)));
-    return _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), rs), _mm512_maskz_loadu_ps(mask, cs));
+    __m512 xf = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask, x)),
+                              _mm512_maskz_loadu_ps(mask, ks));
+    return _mm512_fnmadd_ps(b, _mm512_maskz_loadu_ps(mask, kss), _mm512_mul_ps(a, xf));
 }
 
-/* One row of ops_softmax_rows_s32_u8: the scores are made and their max
- * taken in one pass (stored as f32 over the sums, in L1), then exp(score -
- * max) goes straight from the registers to u8. Returns the sum of q. */
-AVX512 int32_t ops_softmax_row_s32_u8_512(int32_t *x, int n, float row_scale, int32_t row_zero, const float *cs,
-                                          const int32_t *colsum, int levels, uint8_t *q)
+/* One row of ops_softmax2_rows_s32_u8: the scores' max in one pass, then the
+ * scores again (cheaper than storing them) and levels 2^(score - max)
+ * straight from the registers to u8. Returns the sum of q. */
+AVX512 int32_t ops_softmax2_row_s32_u8_512(const int32_t *x, int n, float a, float b, const float *ks,
+                                           const float *kss, int levels, uint8_t *q)
 {
-    __m512 rs = _mm512_set1_ps(row_scale), vmax = _mm512_set1_ps(-INFINITY);
-    __m512i rz = _mm512_set1_epi32(row_zero);
-    float *f = (float *)x;
+    __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), vmax = _mm512_set1_ps(-INFINITY);
     int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 v = score16(x + i, cs + i, colsum + i, rs, rz, 0xffff);
-        _mm512_storeu_ps(f + i, v);
-        vmax = _mm512_max_ps(vmax, v);
-    }
+    for (; i + 16 <= n; i += 16)
+        vmax = _mm512_max_ps(vmax, score2_16(x + i, ks + i, kss + i, va, vb, 0xffff));
     __mmask16 tail = (__mmask16)((1u << (n - i)) - 1);
-    if (tail) {
-        __m512 v = score16(x + i, cs + i, colsum + i, rs, rz, tail);
-        _mm512_mask_storeu_ps(f + i, tail, v);
-        vmax = _mm512_mask_max_ps(vmax, tail, vmax, v);
-    }
-    __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), mul = _mm512_set1_ps((float)levels);
+    if (tail)
+        vmax = _mm512_mask_max_ps(vmax, tail, vmax, score2_16(x + i, ks + i, kss + i, va, vb, tail));
+    __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+    const float L = (float)levels, c[5] = {L, L * 0.693147181f, L * 0.240226507f, L * 0.0555041087f,
+                                           L * 0.00961812911f};   /* L ln2^n / n! */
     __m512i acc = _mm512_setzero_si512();
     for (i = 0; i + 16 <= n; i += 16) {
-        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(exp16_u8(_mm512_sub_ps(_mm512_loadu_ps(f + i), vm)), mul));
+        __m512 e = pow2_levels16(_mm512_sub_ps(score2_16(x + i, ks + i, kss + i, va, vb, 0xffff), vm), c);
+        __m512i v = _mm512_cvtps_epi32(e);
         acc = _mm512_add_epi32(acc, v);
         _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtusepi32_epi8(v));
     }
     if (tail) {
-        __m512 e = exp16_u8(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, f + i), vm));
-        __m512i v = _mm512_maskz_mov_epi32(tail, _mm512_cvtps_epi32(_mm512_mul_ps(e, mul)));
+        __m512 e = pow2_levels16(_mm512_sub_ps(score2_16(x + i, ks + i, kss + i, va, vb, tail), vm), c);
+        __m512i v = _mm512_maskz_mov_epi32(tail, _mm512_cvtps_epi32(e));
         acc = _mm512_add_epi32(acc, v);
         uint8_t last[16];   /* a masked byte store needs AVX-512BW */
         _mm_storeu_si128((__m128i *)last, _mm512_cvtusepi32_epi8(v));
@@ -113,14 +106,20 @@ AVX512 int32_t ops_softmax_row_s32_u8_512(int32_t *x, int n, float row_scale, in
     return _mm512_reduce_add_epi32(acc);
 }
 
+static int have_avx512 = -1;
+
 int ops_have_avx512(void)
 {
-    static int have = -1;
-    if (have < 0) {
+    if (have_avx512 < 0) {
         __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx512f") != 0;
+        have_avx512 = __builtin_cpu_supports("avx512f") != 0;
     }
-    return have;
+    return have_avx512;
+}
+
+void ops_test_avx512_off(int off)
+{
+    have_avx512 = off ? 0 : -1;
 }
 
 void ops_softmax_rows_unnorm512(ops_ctx *c, int64_t rows, int n, float *x, int64_t ldx, float *inv_sum)
