@@ -144,6 +144,42 @@ static void test_conv_int8(void)
     ops_ctx_free(q);
 }
 
+/* A gemm whose B is a raw f32 weight (b_weight) in an S8 context: B packed
+ * as int8 on first use and kept under its pointer, given as rows (trans_b)
+ * or as its transpose; each call must be the exact product of its own
+ * dequantised operands, also when a second weight of the same shape takes
+ * turns with the first. */
+static void test_weight_gemm_s8(const float *a, const float *w, const float *bias)
+{
+    static float w2[N * K], wt[K * N], w2t[K * N], aq[M * K], wq[N * K], wq2[N * K], out[M * LDC];
+    static double exact[M * N];
+    for (int i = 0; i < N * K; i++)
+        w2[i] = -0.7f * w[i] + 0.01f * uniform();
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++)
+            wt[k * N + n] = w[n * K + k], w2t[k * N + n] = w2[n * K + k];
+    ops_ctx *c = NULL;
+    hadm_error err = {0};
+    CHECK(ops_ctx_new(2, &c, &err) == HADM_OK, "%s", err.msg);
+    ops_ctx_set_compute(c, OPS_S8);
+    int8_operands(c, a, w2, aq, wq2);
+    int8_operands(c, a, w, aq, wq);
+    double tol = ops_u8_levels(c) == 255 ? 2e-6 : 2e-2;   /* 7-bit activations without VNNI */
+    for (int trans = 1; trans >= 0; trans--)
+        for (int turn = 0; turn < 3; turn++) {
+            int second = turn == 1;
+            const float *b = trans ? (second ? w2 : w) : (second ? w2t : wt);
+            ops_gemm g = {.M = M, .N = N, .K = K, .A = a, .lda = K, .B = b, .ldb = trans ? K : N,
+                          .trans_b = trans, .bias = bias, .C = out, .ldc = LDC, .b_weight = 1};
+            CHECK(ops_matmul(c, &g, &err) == HADM_OK, "weight gemm: %s", err.msg);
+            reference(aq, second ? wq2 : wq, bias, NULL, exact);
+            double x = rel_err(out, exact);
+            CHECK(x < tol, "int8 weight gemm trans_b=%d turn %d: %.3g from its own operands' product", trans, turn,
+                  x);
+        }
+    ops_ctx_free(c);
+}
+
 /* The attention's unnormalised softmax (AVX-512 where the CPU has it, AVX2
  * otherwise, and the bf16-output path) against double precision, for row
  * lengths around the vector widths and a 4096-key row. */
@@ -557,5 +593,6 @@ int main(void)
     test_attention_f32();
     test_attention_int8();
     test_widened(a, w, bias, c0);
+    test_weight_gemm_s8(a, w, bias);
     return test_finish();
 }

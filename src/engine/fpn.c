@@ -54,7 +54,7 @@ static hadm_status conv_transpose2x2(ops_ctx *c, const float *x, int H, int W, i
     for (int y0 = 0; y0 < H; y0 += band) {
         int rows = H - y0 < band ? H - y0 : band;
         ops_gemm g = {.M = rows * W, .N = Cout * 4, .K = Cin, .A = x + (size_t)y0 * W * Cin, .lda = Cin,
-                      .B = l->w, .ldb = Cout * 4, .trans_b = 0, .C = tmp, .ldc = Cout * 4};
+                      .B = l->w, .ldb = Cout * 4, .trans_b = 0, .C = tmp, .ldc = Cout * 4, .b_weight = 1};
         hadm_status s = ops_matmul(c, &g, err);
         if (s)
             return s;
@@ -85,7 +85,7 @@ static hadm_status lateral_output(ops_ctx *c, const hadm_config *cfg, const floa
     if (!mid)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
     ops_gemm g = {.M = (int)P, .N = F, .K = Cin, .A = x, .lda = Cin, .B = lat->w, .ldb = Cin,
-                  .trans_b = 1, .C = mid, .ldc = F};
+                  .trans_b = 1, .C = mid, .ldc = F, .b_weight = 1};
     hadm_status s = ops_matmul(c, &g, err);
     if (s)
         return s;
@@ -129,7 +129,7 @@ static hadm_status p2_band(const struct hadm_model *m, ops_ctx *c, const float *
     float *mid_lo = mid + (size_t)(lo - (y0 - 1)) * W * F;
     int64_t P = (int64_t)(hi - lo) * W;
     ops_gemm g = {.M = (int)P, .N = F, .K = Cb, .A = b + (size_t)(lo - 2 * alo) * W * Cb, .lda = Cb,
-                  .B = m->w.p2_lat.w, .ldb = Cb, .trans_b = 1, .C = mid_lo, .ldc = F};
+                  .B = m->w.p2_lat.w, .ldb = Cb, .trans_b = 1, .C = mid_lo, .ldc = F, .b_weight = 1};
     if ((s = ops_matmul(c, &g, err)))
         return s;
     ops_layernorm(c, P, F, mid_lo, F, m->w.p2_lat.g, m->w.p2_lat.b, cfg->fpn_eps, mid_lo, F);

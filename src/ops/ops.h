@@ -57,9 +57,9 @@ hadm_status ops_pack_parts(ops_ctx *c, int M, int K, const ops_wpart *parts, int
                            ops_packed **out, hadm_error *err);
 ops_dtype ops_packed_dtype(const ops_packed *p);
 /* The element type attention and convolutions compute in for this context:
- * F32; BF16 (both in bf16); S8 (convolutions in int8 like the Linears,
- * attention's Q·Kᵀ in int8, its P·V in f32). Norms, softmax and
- * everything else stay f32. */
+ * F32; BF16 (both in bf16); S8 (convolutions, weight gemms (b_weight)
+ * and both products of attention in int8 like the Linears). Norms,
+ * softmax and everything else stay f32. */
 void ops_ctx_set_compute(ops_ctx *c, ops_dtype t);
 ops_dtype ops_ctx_compute(const ops_ctx *c);
 /* Whether convolution weights, once reordered for their primitive, stay
@@ -98,6 +98,9 @@ typedef struct {
     const ops_packed *packed;   /* optional: used instead of B when M, N, K match */
     int ab_bf16;                /* A and B hold bf16 (uint16) elements, not f32 */
     int ab_int8;                /* A holds u8, B s8 and C s32 (no bias/accumulate) */
+    /* B is a model weight (f32, the same at every call): an S8 context
+     * packs it as int8 on first use, keeps it, and multiplies in int8 */
+    int b_weight;
     /* With bf16/s8 packed weights: A already holds the operand type (dense,
      * lda = K), so no conversion pass is made. For S8 that is u8 with
      * value = a_scale[m] * (q - a_zero[m]) in row m. */

@@ -1,4 +1,8 @@
-/* int8 convolution. Each output pixel's receptive field (kh x kw x Cin
+/* int8 weights outside the ViT: convolutions, and the Linears that reach
+ * ops_matmul as raw f32 weights (b_weight: the pyramid's transposed and
+ * lateral convolutions), packed as int8 on first use and kept.
+ *
+ * int8 convolution. Each output pixel's receptive field (kh x kw x Cin
  * values, taps in (ky, kx, c) order, zeros outside the image) is one row
  * quantised to u8 on that row's own range, exactly as a Linear's
  * activations are; the range is the union of its pixels' ranges, each
@@ -16,27 +20,25 @@
 
 #define CHUNK_ROWS 4096
 
-/* The weights as a packed int8 matmul operand, kept in the context's cache
- * under the weight pointer. */
-static hadm_status conv_weights(ops_ctx *c, const ops_conv *p, const ops_packed **out, hadm_error *err)
+/* Writes a weight as [N][K] floats, the layout the int8 packing reads. */
+typedef void (*weight_rows_fn)(const void *arg, float *nk);
+
+/* A weight as a packed int8 matmul operand (N output channels, K inputs),
+ * made from rows() on first use and kept in the context's cache under key
+ * (the weight pointer and shape): an S8 context keeps its weights. */
+static hadm_status cached_s8(ops_ctx *c, const int64_t *key, int N, int K, weight_rows_fn rows, const void *arg,
+                             const ops_packed **out, hadm_error *err)
 {
-    int64_t key[KEY_WORDS] = {4, (int64_t)(intptr_t)p->w, p->Cout, p->Cin, p->kh, p->kw};
     cache_entry *e = cpu_cache_find(c, key);
     if (e) {
         *out = e->packed;
         return HADM_OK;
     }
-    int K = p->kh * p->kw * p->Cin;
-    float *w = malloc((size_t)p->Cout * K * sizeof *w);
+    float *w = malloc((size_t)N * K * sizeof *w);
     if (!w)
-        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (int8 conv weights)");
-    for (int o = 0; o < p->Cout; o++)
-        for (int ci = 0; ci < p->Cin; ci++)
-            for (int ky = 0; ky < p->kh; ky++)
-                for (int kx = 0; kx < p->kw; kx++)
-                    w[((size_t)(o * p->kh + ky) * p->kw + kx) * p->Cin + ci] =
-                        p->w[((size_t)(o * p->Cin + ci) * p->kh + ky) * p->kw + kx];
-    ops_wpart part = {w, OPS_SRC_F32, NULL, p->Cout};
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (int8 weights)");
+    rows(arg, w);
+    ops_wpart part = {w, OPS_SRC_F32, NULL, N};
     ops_packed *pk = NULL;
     hadm_status s = ops_pack_parts(c, CHUNK_ROWS, K, &part, 1, OPS_S8, &pk, err);
     free(w);
@@ -46,6 +48,38 @@ static hadm_status conv_weights(ops_ctx *c, const ops_conv *p, const ops_packed 
     e->packed = pk;
     *out = pk;
     return HADM_OK;
+}
+
+/* [Cout][Cin][kh][kw] -> [Cout][ky][kx][Cin], the order of an im2col row */
+static void conv_rows(const void *arg, float *w)
+{
+    const ops_conv *p = arg;
+    for (int o = 0; o < p->Cout; o++)
+        for (int ci = 0; ci < p->Cin; ci++)
+            for (int ky = 0; ky < p->kh; ky++)
+                for (int kx = 0; kx < p->kw; kx++)
+                    w[((size_t)(o * p->kh + ky) * p->kw + kx) * p->Cin + ci] =
+                        p->w[((size_t)(o * p->Cin + ci) * p->kh + ky) * p->kw + kx];
+}
+
+/* B of a gemm as [N][K]: its rows (trans_b) or its transpose */
+static void gemm_rows(const void *arg, float *w)
+{
+    const ops_gemm *g = arg;
+    for (int n = 0; n < g->N; n++)
+        for (int k = 0; k < g->K; k++)
+            w[(size_t)n * g->K + k] = g->trans_b ? g->B[n * g->ldb + k] : g->B[k * g->ldb + n];
+}
+
+hadm_status cpu_matmul_weight_s8(ops_ctx *c, const ops_gemm *g, hadm_error *err)
+{
+    int64_t key[KEY_WORDS] = {5, (int64_t)(intptr_t)g->B, g->N, g->K, g->trans_b, g->ldb};
+    ops_gemm q = *g;
+    hadm_status s = cached_s8(c, key, g->N, g->K, gemm_rows, g, &q.packed, err);
+    if (s)
+        return s;
+    q.B = NULL, q.trans_b = 1, q.b_weight = 0;
+    return ops_matmul(c, &q, err);
 }
 
 /* Each input pixel's range, widened to include 0: [pixel][lo, hi]. */
@@ -97,7 +131,8 @@ hadm_status cpu_conv_int8(ops_ctx *c, const ops_conv *p, hadm_error *err)
     int K = p->kh * p->kw * p->Cin;
     int64_t rows = (int64_t)p->N * ho * wo, pixels = (int64_t)p->N * p->H * p->W;
     const ops_packed *pk = NULL;
-    hadm_status s = conv_weights(c, p, &pk, err);
+    int64_t key[KEY_WORDS] = {4, (int64_t)(intptr_t)p->w, p->Cout, p->Cin, p->kh, p->kw};
+    hadm_status s = cached_s8(c, key, p->Cout, K, conv_rows, p, &pk, err);
     if (s)
         return s;
     size_t qbytes = ((size_t)CHUNK_ROWS * K + 63) & ~(size_t)63;

@@ -65,6 +65,9 @@ int ops_u8_levels(const ops_ctx *c);
 /* int8 convolution (conv_int8.c): im2col rows quantised one by one, then the
  * int8 matmul; used by ops_conv2d in an S8 context. */
 hadm_status cpu_conv_int8(ops_ctx *c, const ops_conv *p, hadm_error *err);
+/* A gemm whose B is a weight (b_weight) in an S8 context: B packed as int8
+ * once and kept, A quantised per row (conv_int8.c). */
+hadm_status cpu_matmul_weight_s8(ops_ctx *c, const ops_gemm *g, hadm_error *err);
 /* A second grown-on-demand buffer, for convolution operands. */
 void *ops_conv_buffer(ops_ctx *c, size_t bytes);
 /* Unnormalised softmax of each row: exp(x - max(x)) back into x, or as bf16

@@ -335,6 +335,8 @@ fail:
 
 hadm_status ops_matmul(ops_ctx *c, const ops_gemm *g, hadm_error *err)
 {
+    if (g->b_weight && c->compute == OPS_S8 && !g->packed && !g->ab_bf16 && !g->ab_int8 && g->M > 0)
+        return cpu_matmul_weight_s8(c, g, err);
     return gemm_run(c, g, 1, 0, 0, 0, err);
 }
 
