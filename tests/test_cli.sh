@@ -399,9 +399,12 @@ expect_error "bench --precision fp8" 2 "--precision" -- bench --precision fp8
 # ---- reduced precisions end to end: detections close to f32's -----------------------
 # bf16 twice: as this CPU prefers (bf16 weights widened to f32 where bf16 is
 # slow) and forced to compute in bf16; loose bounds (one image, random-weight
-# model) that still catch a broken path (it would match nothing).
+# model) that still catch a broken path (it would match nothing). int8's share
+# on one image moves by a detection at a time (geom-local: 3 to 5 of 7 across
+# equally accurate versions; over 32 images x 3 models tools/precision_eval.sh
+# measured 72.6% and 72.0% for them), so its bound only says "not broken".
 if [ -n "${LM:-}" ] && run_ok "detect f32 (reference)" "$T/p-f32.json" -- detect --local "$LM" --precision f32 "$LIMG"; then
-    for spec in bf16:auto:0.9:0.02 bf16:native:0.9:0.02 int8:auto:0.5:0.05; do
+    for spec in bf16:auto:0.9:0.02 bf16:native:0.9:0.02 int8:auto:0.3:0.05; do
         IFS=: read -r prec mode share sdiff <<<"$spec"
         if HADM_BF16_COMPUTE=$mode run_ok "detect $prec ($mode)" "$T/p-$prec-$mode.json" -- \
             detect --local "$LM" --precision "$prec" "$LIMG"; then
