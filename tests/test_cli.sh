@@ -414,6 +414,26 @@ if [ -n "${LM:-}" ] && run_ok "detect f32 (reference)" "$T/p-f32.json" -- detect
         fi
     done
 fi
+# ---- quantized files load and run: bf16/f16 files read their convolution
+# weights in place (widened per use), q8 files run int8 ---------------------------
+if [ -n "${LM:-}" ] && [ -s "$T/p-f32.json" ]; then
+    f32_bytes=$(stat -c %s "$LM")
+    # size bounds are loose: a golden model's biases, norms and tables, which
+    # stay f32, are a larger share than at full size (there: 1/2 and ~1/4)
+    for spec in bf16:auto:0.8:0.9:0.02 f16:f32:0.8:0.9:0.02 q8:auto:0.6:0.3:0.05; do
+        IFS=: read -r qt prec most share sdiff <<<"$spec"
+        if run_ok "quantize --type $qt" "$T/out" -- quantize --type "$qt" "$LM" "$T/q-$qt.safetensors" &&
+            run_ok "detect a $qt file (--precision $prec)" "$T/q-$qt.json" -- \
+                detect --local "$T/q-$qt.safetensors" --precision "$prec" "$LIMG"; then
+            check "$qt file: at most $most of the f32 file's size" \
+                awk -v a="$(stat -c %s "$T/q-$qt.safetensors")" -v b="$f32_bytes" -v most="$most" \
+                'BEGIN { exit !(a <= most * b) }'
+            python3 "$SRC_DIR/tools/compare_dets.py" "$T/p-f32.json" "$T/q-$qt.json" --json >"$T/cmp.json"
+            check "$qt file ($prec): >= $share of f32 detections matched, score diff <= $sdiff" \
+                py expr "$T/cmp.json" json "d['matched_share'] >= $share and d['max_score_diff'] <= $sdiff"
+        fi
+    done
+fi
 expect_error "bench bad --size" 2 "--size" -- bench --size huge
 
 # ---- usage errors -> exit 2 ---------------------------------------------------

@@ -104,6 +104,29 @@ static double band_err(ops_ctx *c, const float *x, const float *w, const float *
     return d;
 }
 
+/* A weight given as bf16 or f16 (w_type: a reduced file's, read in place)
+ * must give exactly the output of the same values given as f32. */
+static int typed_weight_same(ops_ctx *c, const float *x, const float *w, const float *bias)
+{
+    enum { H = 9, W = 10, NW8 = COUT * CIN * KS * KS };
+    static uint16_t half[NW8];
+    static float widened[NW8], y0[H * W * COUT], y1[H * W * COUT];
+    int same = 1;
+    for (ops_src_type t = OPS_SRC_BF16; t <= OPS_SRC_F16; t++) {
+        for (int i = 0; i < NW8; i++) {
+            half[i] = t == OPS_SRC_BF16 ? ops_f32_to_bf16(w[i]) : ops_f32_to_f16(w[i]);
+            widened[i] = t == OPS_SRC_BF16 ? ops_bf16_to_f32(half[i]) : ops_f16_to_f32(half[i]);
+        }
+        ops_conv p = {.N = 1, .H = H, .W = W, .Cin = CIN, .Cout = COUT, .kh = KS, .kw = KS, .stride = 1,
+                      .pad = 1, .x = x, .w = widened, .bias = bias, .y = y0};
+        hadm_error err = {0};
+        same &= ops_conv2d(c, &p, &err) == HADM_OK;
+        p.w = (const float *)half, p.w_type = t, p.y = y1;
+        same &= ops_conv2d(c, &p, &err) == HADM_OK && !memcmp(y0, y1, sizeof y0);
+    }
+    return same;
+}
+
 /* Every case on one context; tol is the precision's relative error. */
 static void run_cases(ops_ctx *c, const char *what, double tol, const float *x, float *const *w,
                       const float *bias)
@@ -122,6 +145,7 @@ static void run_cases(ops_ctx *c, const char *what, double tol, const float *x, 
     ops_scratch_release(c);
     CHECK(conv_err(c, x, 13, 1, w[1], bias) < tol, "%s: after a scratch release", what);
     CHECK(band_err(c, x, w[2], bias) < tol, "%s: a band with its neighbours' rows as padding", what);
+    CHECK(typed_weight_same(c, x, w[4], bias), "%s: a bf16/f16 weight differs from its f32 values", what);
 }
 
 int main(void)
@@ -145,6 +169,7 @@ int main(void)
         run_cases(c, "bf16", 2e-2, x, w, bias);
         ops_ctx_set_compute(c, OPS_S8);   /* im2col rows quantised per row */
         CHECK(band_err(c, x, w[3], bias) < 3e-2, "int8: a band with its neighbours' rows as padding");
+        CHECK(typed_weight_same(c, x, w[5], bias), "int8: a bf16/f16 weight differs from its f32 values");
         ops_ctx_free(c);
     }
     for (int i = 0; i < NW; i++)

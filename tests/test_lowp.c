@@ -180,6 +180,40 @@ static void test_weight_gemm_s8(const float *a, const float *w, const float *bia
     ops_ctx_free(c);
 }
 
+/* A gemm whose B is bf16 or f16 (b_type: a reduced file's weight, read in
+ * place) must give exactly the product with the same values as f32: as
+ * rows and transposed, in an F32 context and as an S8 b_weight. */
+static void test_typed_b(const float *a, const float *w)
+{
+    static uint16_t half[N * K];
+    static float wide[N * K], y0[M * LDC], y1[M * LDC];
+    hadm_error err = {0};
+    for (int s8 = 0; s8 <= 1; s8++)
+        for (ops_src_type t = OPS_SRC_BF16; t <= OPS_SRC_F16; t++)
+            for (int trans = 0; trans <= 1; trans++) {
+                /* a fresh context: an S8 one keeps weights by pointer, and
+                 * these arrays are refilled */
+                ops_ctx *c = NULL;
+                CHECK(ops_ctx_new(2, &c, &err) == HADM_OK, "%s", err.msg);
+                ops_ctx_set_compute(c, s8 ? OPS_S8 : OPS_F32);
+                /* B is [N][K] (trans_b) or [K][N] */
+                for (int n = 0; n < N; n++)
+                    for (int k = 0; k < K; k++) {
+                        int i = trans ? n * K + k : k * N + n;
+                        half[i] = t == OPS_SRC_BF16 ? ops_f32_to_bf16(w[n * K + k]) : ops_f32_to_f16(w[n * K + k]);
+                        wide[i] = t == OPS_SRC_BF16 ? ops_bf16_to_f32(half[i]) : ops_f16_to_f32(half[i]);
+                    }
+                ops_gemm g = {.M = M, .N = N, .K = K, .A = a, .lda = K, .B = wide, .ldb = trans ? K : N,
+                              .trans_b = trans, .C = y0, .ldc = LDC, .b_weight = s8};
+                int ok = ops_matmul(c, &g, &err) == HADM_OK;
+                g.B = (const float *)half, g.b_type = t, g.C = y1;
+                ok = ok && ops_matmul(c, &g, &err) == HADM_OK && !memcmp(y0, y1, sizeof y0);
+                CHECK(ok, "%s gemm, %s B trans_b=%d: differs from its f32 values", s8 ? "int8" : "f32",
+                      t == OPS_SRC_BF16 ? "bf16" : "f16", trans);
+                ops_ctx_free(c);
+            }
+}
+
 /* The attention's unnormalised softmax (AVX-512 where the CPU has it, AVX2
  * otherwise, and the bf16-output path) against double precision, for row
  * lengths around the vector widths and a 4096-key row. */
@@ -594,5 +628,6 @@ int main(void)
     test_attention_int8();
     test_widened(a, w, bias, c0);
     test_weight_gemm_s8(a, w, bias);
+    test_typed_b(a, w);
     return test_finish();
 }

@@ -146,8 +146,9 @@ static hadm_status emit(conversion *c, named_tensor *nt, hadm_error *err)
 }
 
 static hadm_status take_required(void *user, const char *name, int ndim, const int64_t *shape,
-                                 const float **slot, hadm_error *err)
+                                 const float **slot, ops_src_type *type, hadm_error *err)
 {
+    (void)type;
     (void)slot;
     conversion *c = user;
     named_tensor *nt = find(c, name);

@@ -144,9 +144,10 @@ typedef struct {
     char problem[300];
 } tensor_audit;
 
-static hadm_status audit_visit(void *user, const char *name, int ndim, const int64_t *shape, const float **slot,
+static hadm_status audit_visit(void *user, const char *name, int ndim, const int64_t *shape, const float **slot, ops_src_type *type,
                                hadm_error *err)
 {
+    (void)type;
     (void)slot, (void)err;
     tensor_audit *a = user;
     const st_tensor *t = st_find(a->f, name);

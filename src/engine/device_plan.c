@@ -157,8 +157,9 @@ typedef struct {
 } weight_sum;
 
 static hadm_status weight_visit(void *user, const char *name, int ndim, const int64_t *shape,
-                                const float **slot, hadm_error *err)
+                                const float **slot, ops_src_type *type, hadm_error *err)
 {
+    (void)type;
     (void)name, (void)slot, (void)err;
     int64_t n = 1;
     for (int i = 0; i < ndim; i++)

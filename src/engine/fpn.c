@@ -54,7 +54,8 @@ static hadm_status conv_transpose2x2(ops_ctx *c, const float *x, int H, int W, i
     for (int y0 = 0; y0 < H; y0 += band) {
         int rows = H - y0 < band ? H - y0 : band;
         ops_gemm g = {.M = rows * W, .N = Cout * 4, .K = Cin, .A = x + (size_t)y0 * W * Cin, .lda = Cin,
-                      .B = l->w, .ldb = Cout * 4, .trans_b = 0, .C = tmp, .ldc = Cout * 4, .b_weight = 1};
+                      .B = l->w, .ldb = Cout * 4, .trans_b = 0, .C = tmp, .ldc = Cout * 4, .b_weight = 1,
+                      .b_type = l->wt};
         hadm_status s = ops_matmul(c, &g, err);
         if (s)
             return s;
@@ -85,14 +86,14 @@ static hadm_status lateral_output(ops_ctx *c, const hadm_config *cfg, const floa
     if (!mid)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory");
     ops_gemm g = {.M = (int)P, .N = F, .K = Cin, .A = x, .lda = Cin, .B = lat->w, .ldb = Cin,
-                  .trans_b = 1, .C = mid, .ldc = F, .b_weight = 1};
+                  .trans_b = 1, .C = mid, .ldc = F, .b_weight = 1, .b_type = lat->wt};
     hadm_status s = ops_matmul(c, &g, err);
     if (s)
         return s;
     ops_scratch_free(c, x_slot);
     ops_layernorm(c, P, F, mid, F, lat->g, lat->b, cfg->fpn_eps, mid, F);
     ops_conv conv = {.N = 1, .H = H, .W = W, .Cin = F, .Cout = F, .kh = 3, .kw = 3, .stride = 1,
-                     .pad = 1, .x = mid, .w = out->w, .y = dst};
+                     .pad = 1, .x = mid, .w = out->w, .w_type = out->wt, .y = dst};
     if ((s = ops_conv2d(c, &conv, err)))
         return s;
     ops_layernorm(c, P, F, dst, F, out->g, out->b, cfg->fpn_eps, dst, F);
@@ -129,7 +130,8 @@ static hadm_status p2_band(const struct hadm_model *m, ops_ctx *c, const float *
     float *mid_lo = mid + (size_t)(lo - (y0 - 1)) * W * F;
     int64_t P = (int64_t)(hi - lo) * W;
     ops_gemm g = {.M = (int)P, .N = F, .K = Cb, .A = b + (size_t)(lo - 2 * alo) * W * Cb, .lda = Cb,
-                  .B = m->w.p2_lat.w, .ldb = Cb, .trans_b = 1, .C = mid_lo, .ldc = F, .b_weight = 1};
+                  .B = m->w.p2_lat.w, .ldb = Cb, .trans_b = 1, .C = mid_lo, .ldc = F, .b_weight = 1,
+                  .b_type = m->w.p2_lat.wt};
     if ((s = ops_matmul(c, &g, err)))
         return s;
     ops_layernorm(c, P, F, mid_lo, F, m->w.p2_lat.g, m->w.p2_lat.b, cfg->fpn_eps, mid_lo, F);
@@ -139,7 +141,8 @@ static hadm_status p2_band(const struct hadm_model *m, ops_ctx *c, const float *
         memset(mid + (size_t)(rows + 1) * W * F, 0, (size_t)W * F * sizeof *mid);
     float *out = dst + (size_t)y0 * W * F;
     ops_conv conv = {.N = 1, .H = rows + 2, .W = W, .Cin = F, .Cout = F, .kh = 3, .kw = 3, .stride = 1,
-                     .pad = 1, .rows_padded = 1, .x = mid, .w = m->w.p2_out.w, .y = out};
+                     .pad = 1, .rows_padded = 1, .x = mid, .w = m->w.p2_out.w, .w_type = m->w.p2_out.wt,
+                     .y = out};
     if ((s = ops_conv2d(c, &conv, err)))
         return s;
     ops_layernorm(c, (int64_t)rows * W, F, out, F, m->w.p2_out.g, m->w.p2_out.b, cfg->fpn_eps, out, F);

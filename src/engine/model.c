@@ -147,7 +147,7 @@ float *model_own(struct hadm_model *m, size_t bytes)
  * those are only ever used packed, and are packed straight from the file
  * (model_pack_block). */
 static hadm_status bind_visit(void *user, const char *name, int ndim, const int64_t *shape,
-                              const float **slot, hadm_error *err)
+                              const float **slot, ops_src_type *type, hadm_error *err)
 {
     struct hadm_model *m = user;
     ops_wpart part;
@@ -164,6 +164,13 @@ static hadm_status bind_visit(void *user, const char *name, int ndim, const int6
      * pages, released after packing. */
     if (slot && part.type == OPS_SRC_F32 && ndim != 1) {
         *slot = part.data;
+        return HADM_OK;
+    }
+    /* a reduced file's convolution weights are read in place too, widened
+     * per use: expanded at load they were ~65 MB of f32 per full-size model */
+    if (slot && type && (part.type == OPS_SRC_BF16 || part.type == OPS_SRC_F16)) {
+        *slot = part.data;
+        *type = part.type;
         return HADM_OK;
     }
     if (!slot)

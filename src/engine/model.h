@@ -15,8 +15,11 @@
  * (two are held: the widening cache has two slots). */
 #define FC_BLOCKS 8
 
-typedef struct { const float *w, *b; } linear_w;              /* Linear/conv + bias (b may be NULL) */
-typedef struct { const float *w, *g, *b; } conv_ln_w;         /* conv without bias + LN2d(g, b) */
+/* Linear/conv + bias (b may be NULL); conv without bias + LN2d(g, b). wt is
+ * w's element type: convolution weights of a bf16/f16 file are read in
+ * place (ops_conv.w_type, ops_gemm.b_type), everything else is f32. */
+typedef struct { const float *w, *b; ops_src_type wt; } linear_w;
+typedef struct { const float *w, *g, *b; ops_src_type wt; } conv_ln_w;
 
 typedef struct {
     const float *norm1_g, *norm1_b;

@@ -116,30 +116,37 @@ hadm_status model_pack_heads(const struct hadm_model *cm, ops_ctx *ctx, hadm_err
     return s;
 }
 
+/* Releases the file pages of a weight read in place (a no-op for owned ones). */
+static void release(const struct hadm_model *m, const void *w, ops_src_type t, size_t numel)
+{
+    st_release_pages(m->file, w, numel * ops_src_size(t));
+}
+
 void model_release_conv_sources(const struct hadm_model *m)
 {
     const hadm_config *cfg = &m->cfg;
     const hadm_weights *w = &m->w;
-    size_t D = (size_t)cfg->embed_dim, F = (size_t)cfg->fpn_channels, conv = F * F * 9 * sizeof(float);
+    size_t D = (size_t)cfg->embed_dim, F = (size_t)cfg->fpn_channels;
     const conv_ln_w *outs[4] = {&w->p2_out, &w->p3_out, &w->p4_out, &w->p5_out};
     for (int i = 0; i < 4; i++)
-        st_release_pages(m->file, outs[i]->w, conv);
+        release(m, outs[i]->w, outs[i]->wt, F * F * 9);
     /* the pyramid's other weights are read in place, once per forward */
-    st_release_pages(m->file, w->p2_up0.w, D * D / 2 * 4 * sizeof(float));
-    st_release_pages(m->file, w->p2_up1.w, D / 2 * D / 4 * 4 * sizeof(float));
-    st_release_pages(m->file, w->p3_up0.w, D * D / 2 * 4 * sizeof(float));
+    release(m, w->p2_up0.w, w->p2_up0.wt, D * D / 2 * 4);
+    release(m, w->p2_up1.w, w->p2_up1.wt, D / 2 * D / 4 * 4);
+    release(m, w->p3_up0.w, w->p3_up0.wt, D * D / 2 * 4);
     const conv_ln_w *lat[4] = {&w->p2_lat, &w->p3_lat, &w->p4_lat, &w->p5_lat};
     size_t lat_in[4] = {D / 4, D / 2, D, D};
     for (int i = 0; i < 4; i++)
-        st_release_pages(m->file, lat[i]->w, F * lat_in[i] * sizeof(float));
+        release(m, lat[i]->w, lat[i]->wt, F * lat_in[i]);
     for (int i = 0; i < cfg->rpn_convs; i++) {
         size_t in = i ? (size_t)cfg->rpn_conv_dims[i - 1] : F;
-        st_release_pages(m->file, w->rpn_conv[i].w, (size_t)cfg->rpn_conv_dims[i] * in * 9 * sizeof(float));
+        release(m, w->rpn_conv[i].w, w->rpn_conv[i].wt, (size_t)cfg->rpn_conv_dims[i] * in * 9);
     }
     for (int s = 0; s < cfg->num_stages; s++)
         for (int k = 0; k < cfg->box_convs; k++) {
             size_t in = k ? (size_t)cfg->box_conv_dims[k - 1] : F;
-            st_release_pages(m->file, w->stage[s].conv[k].w, (size_t)cfg->box_conv_dims[k] * in * 9 * sizeof(float));
+            const conv_ln_w *cw = &w->stage[s].conv[k];
+            release(m, cw->w, cw->wt, (size_t)cfg->box_conv_dims[k] * in * 9);
         }
 }
 

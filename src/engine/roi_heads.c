@@ -93,7 +93,7 @@ static hadm_status box_head_chunk(cascade *cs, int s, int r0, float *x, hadm_err
     for (int k = 0; k < cfg->box_convs; k++) {
         const conv_ln_w *cw = &w->stage[s].conv[k];
         ops_conv cv = {.N = n, .H = res, .W = res, .Cin = C, .Cout = C, .kh = 3, .kw = 3,
-                       .stride = 1, .pad = 1, .x = x, .w = cw->w, .bias = NULL, .y = y};
+                       .stride = 1, .pad = 1, .x = x, .w = cw->w, .w_type = cw->wt, .bias = NULL, .y = y};
         if ((st = ops_conv2d(c, &cv, err)))
             return st;
         ops_layernorm(c, (int64_t)n * P, C, y, C, cw->g, cw->b, cfg->fpn_eps, y, C);

@@ -45,7 +45,7 @@ static hadm_status band_convs(const struct hadm_model *m, ops_ctx *c, float *x, 
         float *y = buf[i % 2];
         ops_conv cv = {.N = 1, .H = xr, .W = W, .Cin = cin, .Cout = cout, .kh = 3, .kw = 3,
                        .stride = 1, .pad = 1, .rows_padded = 1, .x = x, .w = m->w.rpn_conv[i].w,
-                       .bias = m->w.rpn_conv[i].b, .y = y};
+                       .w_type = m->w.rpn_conv[i].wt, .bias = m->w.rpn_conv[i].b, .y = y};
         hadm_status s = ops_conv2d(c, &cv, err);
         if (s)
             return s;

@@ -39,8 +39,9 @@ static int is_norm_weight(const char *name)
 }
 
 static hadm_status synth_visit(void *user, const char *name, int ndim, const int64_t *shape,
-                               const float **slot, hadm_error *err)
+                               const float **slot, ops_src_type *type, hadm_error *err)
 {
+    (void)type;
     (void)slot;
     synth_run *r = user;
     int64_t n = 1, fan_in = ndim > 1 ? 1 : 0;

@@ -11,7 +11,8 @@ typedef struct {
 } visitor;
 
 /* visit(v, slot, ndim, dims..., fmt, ...) */
-static void visit(visitor *v, const float **slot, int ndim, const int64_t *shape, const char *fmt, ...)
+static void visit(visitor *v, const float **slot, ops_src_type *type, int ndim, const int64_t *shape,
+                  const char *fmt, ...)
 {
     if (v->st)
         return;
@@ -20,14 +21,16 @@ static void visit(visitor *v, const float **slot, int ndim, const int64_t *shape
     va_start(ap, fmt);
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
-    v->st = v->fn(v->user, name, ndim, shape, slot, v->err);
+    v->st = v->fn(v->user, name, ndim, shape, slot, type, v->err);
 }
 
 #define SHAPE(...) ((const int64_t[]){__VA_ARGS__})
-#define V1(slot, a, ...) visit(v, slot, 1, SHAPE(a), __VA_ARGS__)
-#define V2(slot, a, b, ...) visit(v, slot, 2, SHAPE(a, b), __VA_ARGS__)
-#define V3(slot, a, b, c, ...) visit(v, slot, 3, SHAPE(a, b, c), __VA_ARGS__)
-#define V4(slot, a, b, c, d, ...) visit(v, slot, 4, SHAPE(a, b, c, d), __VA_ARGS__)
+#define V1(slot, a, ...) visit(v, slot, NULL, 1, SHAPE(a), __VA_ARGS__)
+#define V2(slot, a, b, ...) visit(v, slot, NULL, 2, SHAPE(a, b), __VA_ARGS__)
+#define V3(slot, a, b, c, ...) visit(v, slot, NULL, 3, SHAPE(a, b, c), __VA_ARGS__)
+#define V4(slot, a, b, c, d, ...) visit(v, slot, NULL, 4, SHAPE(a, b, c, d), __VA_ARGS__)
+/* a convolution weight, which may stay bf16/f16: l is its linear_w/conv_ln_w */
+#define VCONV(l, a, b, c, d, ...) visit(v, &(l)->w, &(l)->wt, 4, SHAPE(a, b, c, d), __VA_ARGS__)
 
 static void vit_tensors(visitor *v, const hadm_config *c, hadm_weights *w)
 {
@@ -64,7 +67,7 @@ static void vit_tensors(visitor *v, const hadm_config *c, hadm_weights *w)
 
 static void conv_ln(visitor *v, conv_ln_w *cl, int64_t out, int64_t in, int64_t k, const char *name)
 {
-    V4(&cl->w, out, in, k, k, "%s.weight", name);
+    VCONV(cl, out, in, k, k, "%s.weight", name);
     V1(&cl->g, out, "%s.norm.weight", name);
     V1(&cl->b, out, "%s.norm.bias", name);
 }
@@ -72,15 +75,15 @@ static void conv_ln(visitor *v, conv_ln_w *cl, int64_t out, int64_t in, int64_t 
 static void fpn_tensors(visitor *v, const hadm_config *c, hadm_weights *w)
 {
     int64_t D = c->embed_dim, F = c->fpn_channels;
-    V4(&w->p2_up0.w, D, D / 2, 2, 2, "backbone.simfp_2.0.weight");
+    VCONV(&w->p2_up0, D, D / 2, 2, 2, "backbone.simfp_2.0.weight");
     V1(&w->p2_up0.b, D / 2, "backbone.simfp_2.0.bias");
     V1(&w->p2_ln_g, D / 2, "backbone.simfp_2.1.weight");
     V1(&w->p2_ln_b, D / 2, "backbone.simfp_2.1.bias");
-    V4(&w->p2_up1.w, D / 2, D / 4, 2, 2, "backbone.simfp_2.3.weight");
+    VCONV(&w->p2_up1, D / 2, D / 4, 2, 2, "backbone.simfp_2.3.weight");
     V1(&w->p2_up1.b, D / 4, "backbone.simfp_2.3.bias");
     conv_ln(v, &w->p2_lat, F, D / 4, 1, "backbone.simfp_2.4");
     conv_ln(v, &w->p2_out, F, F, 3, "backbone.simfp_2.5");
-    V4(&w->p3_up0.w, D, D / 2, 2, 2, "backbone.simfp_3.0.weight");
+    VCONV(&w->p3_up0, D, D / 2, 2, 2, "backbone.simfp_3.0.weight");
     V1(&w->p3_up0.b, D / 2, "backbone.simfp_3.0.bias");
     conv_ln(v, &w->p3_lat, F, D / 2, 1, "backbone.simfp_3.1");
     conv_ln(v, &w->p3_out, F, F, 3, "backbone.simfp_3.2");
@@ -95,8 +98,8 @@ static void head_tensors(visitor *v, const hadm_config *c, hadm_weights *w)
     int64_t F = c->fpn_channels, A = c->num_anchors, K1 = c->num_classes + 1;
     const char *r = "proposal_generator.rpn_head";
     for (int i = 0; i < c->rpn_convs; i++) {
-        V4(&w->rpn_conv[i].w, c->rpn_conv_dims[i], i ? c->rpn_conv_dims[i - 1] : F, 3, 3,
-           "%s.conv.conv%d.weight", r, i);
+        VCONV(&w->rpn_conv[i], c->rpn_conv_dims[i], i ? c->rpn_conv_dims[i - 1] : F, 3, 3,
+              "%s.conv.conv%d.weight", r, i);
         V1(&w->rpn_conv[i].b, c->rpn_conv_dims[i], "%s.conv.conv%d.bias", r, i);
     }
     int64_t rc = c->rpn_conv_dims[c->rpn_convs - 1];
@@ -136,9 +139,9 @@ hadm_status weights_enumerate(const hadm_config *cfg, hadm_weights *w, weights_v
 }
 
 static hadm_status count_visit(void *user, const char *name, int ndim, const int64_t *shape,
-                               const float **slot, hadm_error *err)
+                               const float **slot, ops_src_type *type, hadm_error *err)
 {
-    (void)name, (void)slot, (void)err;
+    (void)name, (void)slot, (void)type, (void)err;
     int64_t n = 1;
     for (int i = 0; i < ndim; i++)
         n *= shape[i];

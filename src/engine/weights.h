@@ -7,10 +7,12 @@
 #include "engine/model.h"
 
 /* Called once per tensor; *slot is where the loader stores the data pointer
- * (NULL-able for callers that only want names and shapes). */
+ * (NULL-able for callers that only want names and shapes). type is not NULL
+ * for the weights whose users take a bf16/f16 pointer (with its type stored
+ * there) as well as an f32 one: the convolutions'. */
 typedef hadm_status (*weights_visit_fn)(void *user, const char *name, int ndim,
                                         const int64_t *shape, const float **slot,
-                                        hadm_error *err);
+                                        ops_src_type *type, hadm_error *err);
 
 hadm_status weights_enumerate(const hadm_config *cfg, hadm_weights *w, weights_visit_fn fn,
                               void *user, hadm_error *err);

@@ -98,9 +98,12 @@ typedef struct {
     const ops_packed *packed;   /* optional: used instead of B when M, N, K match */
     int ab_bf16;                /* A and B hold bf16 (uint16) elements, not f32 */
     int ab_int8;                /* A holds u8, B s8 and C s32 (no bias/accumulate) */
-    /* B is a model weight (f32, the same at every call): an S8 context
-     * packs it as int8 on first use, keeps it, and multiplies in int8 */
+    /* B is a model weight (the same at every call): an S8 context packs it
+     * as int8 on first use, keeps it, and multiplies in int8 */
     int b_weight;
+    /* B's element type when it is not f32 (a weight read in place from a
+     * bf16/f16 file): widened per call (ops_matmul only, not batched) */
+    ops_src_type b_type;
     /* With bf16/s8 packed weights: A already holds the operand type (dense,
      * lda = K), so no conversion pass is made. For S8 that is u8 with
      * value = a_scale[m] * (q - a_zero[m]) in row m. */
@@ -131,6 +134,7 @@ typedef struct {
     int rows_padded;
     const float *x;        /* N*H*W*Cin */
     const float *w;        /* Cout*Cin*kh*kw */
+    ops_src_type w_type;   /* w's element type (a bf16/f16 file's, read in place) */
     const float *bias;     /* Cout or NULL */
     float *y;              /* N*Ho*Wo*Cout */
 } ops_conv;

@@ -61,12 +61,17 @@ static const float *vec(uploader *u, const float *v, int64_t n)
 }
 
 /* rows x cols f32 -> bf16 in the same layout, or transposed when transpose */
+static void refuse_reduced(uploader *u)
+{
+    if (!u->st)
+        u->st = hadm_fail(u->err, HADM_ERR_UNSUPPORTED,
+                          "the CUDA backend uploads float32 weights; this model's are stored in reduced precision");
+}
+
 static const bf16_t *mat(uploader *u, const float *w, int64_t rows, int64_t cols, int transpose)
 {
     if (!w) {
-        if (!u->st)
-            u->st = hadm_fail(u->err, HADM_ERR_UNSUPPORTED,
-                              "the CUDA backend uploads float32 weights; this model's are stored in reduced precision");
+        refuse_reduced(u);
         return NULL;
     }
     uint16_t *t = staging(u, (size_t)(rows * cols));
@@ -80,9 +85,21 @@ static const bf16_t *mat(uploader *u, const float *w, int64_t rows, int64_t cols
 }
 
 /* [Cout][Cin][k][k] -> [Cout][k][k][Cin] bf16, the im2col column order */
+/* A weight the CPU path may read in place as bf16/f16 (linear_w.wt): the
+ * uploader reads f32 only, so such a model is refused like mat() does. */
+static const float *f32_only(uploader *u, const float *w, ops_src_type t)
+{
+    if (t == OPS_SRC_F32)
+        return w;
+    refuse_reduced(u);
+    return NULL;
+}
+
 static const bf16_t *conv(uploader *u, const float *w, int Cout, int Cin, int k)
 {
     size_t n = (size_t)Cout * Cin * k * k;
+    if (!w)
+        return NULL;
     uint16_t *t = staging(u, n);
     if (!t)
         return NULL;
@@ -125,13 +142,13 @@ static dlin linear(uploader *u, const linear_w *l, int N, int K) { return (dlin)
 
 static dconv_ln conv_ln(uploader *u, const conv_ln_w *c, int Cout, int Cin, int k)
 {
-    return (dconv_ln){conv(u, c->w, Cout, Cin, k), vec(u, c->g, Cout), vec(u, c->b, Cout)};
+    return (dconv_ln){conv(u, f32_only(u, c->w, c->wt), Cout, Cin, k), vec(u, c->g, Cout), vec(u, c->b, Cout)};
 }
 
 /* ConvTranspose [Cin][Cout][2][2] seen as B[Cin][Cout*4]: stored as W[Cout*4][Cin]. */
 static dlin conv_t(uploader *u, const linear_w *l, int Cin, int Cout)
 {
-    return (dlin){mat(u, l->w, Cin, (int64_t)Cout * 4, 1), vec(u, l->b, Cout)};
+    return (dlin){mat(u, f32_only(u, l->w, l->wt), Cin, (int64_t)Cout * 4, 1), vec(u, l->b, Cout)};
 }
 
 static void upload_vit(uploader *u, const hadm_config *c, const hadm_weights *w, dweights *d)
@@ -159,7 +176,7 @@ static void upload_vit(uploader *u, const hadm_config *c, const hadm_weights *w,
         o->norm1_g = vec(u, b->norm1_g, D), o->norm1_b = vec(u, b->norm1_b, D);
         o->norm2_g = vec(u, b->norm2_g, D), o->norm2_b = vec(u, b->norm2_b, D);
         o->ffn_g = vec(u, b->ffn_ln_g, F), o->ffn_b = vec(u, b->ffn_ln_b, F);
-        linear_w q = {b->q_w, b->q_bias}, k = {b->k_w, NULL}, v = {b->v_w, b->v_bias};
+        linear_w q = {.w = b->q_w, .b = b->q_bias}, k = {.w = b->k_w}, v = {.w = b->v_w, .b = b->v_bias};
         o->q = linear(u, &q, D, D), o->k = linear(u, &k, D, D), o->v = linear(u, &v, D, D);
         o->proj = linear(u, &b->proj, D, D);
         o->w1 = linear(u, &b->w1, F, D), o->w2 = linear(u, &b->w2, F, D), o->w3 = linear(u, &b->w3, D, F);
@@ -185,7 +202,7 @@ static void upload_heads(uploader *u, const hadm_config *c, const hadm_weights *
     cuda_dims_of(c, 1, &dm);
     int cin = c->fpn_channels, A = c->num_anchors;
     for (int i = 0; i < c->rpn_convs; i++) {
-        d->rpn_conv[i] = (dlin){conv(u, w->rpn_conv[i].w, c->rpn_conv_dims[i], cin, 3),
+        d->rpn_conv[i] = (dlin){conv(u, f32_only(u, w->rpn_conv[i].w, w->rpn_conv[i].wt), c->rpn_conv_dims[i], cin, 3),
                                 vec(u, w->rpn_conv[i].b, c->rpn_conv_dims[i])};
         cin = c->rpn_conv_dims[i];
     }

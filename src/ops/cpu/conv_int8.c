@@ -20,8 +20,9 @@
 
 #define CHUNK_ROWS 4096
 
-/* Writes a weight as [N][K] floats, the layout the int8 packing reads. */
-typedef void (*weight_rows_fn)(const void *arg, float *nk);
+/* Writes a weight as [N][K] floats, the layout the int8 packing reads;
+ * nonzero when out of memory. */
+typedef int (*weight_rows_fn)(const void *arg, float *nk);
 
 /* A weight as a packed int8 matmul operand (N output channels, K inputs),
  * made from rows() on first use and kept in the context's cache under key
@@ -37,7 +38,10 @@ static hadm_status cached_s8(ops_ctx *c, const int64_t *key, int N, int K, weigh
     float *w = malloc((size_t)N * K * sizeof *w);
     if (!w)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (int8 weights)");
-    rows(arg, w);
+    if (rows(arg, w)) {
+        free(w);
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (int8 weights)");
+    }
     ops_wpart part = {w, OPS_SRC_F32, NULL, N};
     ops_packed *pk = NULL;
     hadm_status s = ops_pack_parts(c, CHUNK_ROWS, K, &part, 1, OPS_S8, &pk, err);
@@ -51,24 +55,38 @@ static hadm_status cached_s8(ops_ctx *c, const int64_t *key, int N, int K, weigh
 }
 
 /* [Cout][Cin][kh][kw] -> [Cout][ky][kx][Cin], the order of an im2col row */
-static void conv_rows(const void *arg, float *w)
+static int conv_rows(const void *arg, float *w)
 {
     const ops_conv *p = arg;
+    size_t n = (size_t)p->Cout * p->Cin * p->kh * p->kw;
+    float *wide = p->w_type == OPS_SRC_F32 ? NULL : ops_widen(p->w, p->w_type, n);
+    const float *src = wide ? wide : p->w;
+    if (p->w_type != OPS_SRC_F32 && !wide)
+        return -1;
     for (int o = 0; o < p->Cout; o++)
         for (int ci = 0; ci < p->Cin; ci++)
             for (int ky = 0; ky < p->kh; ky++)
                 for (int kx = 0; kx < p->kw; kx++)
                     w[((size_t)(o * p->kh + ky) * p->kw + kx) * p->Cin + ci] =
-                        p->w[((size_t)(o * p->Cin + ci) * p->kh + ky) * p->kw + kx];
+                        src[((size_t)(o * p->Cin + ci) * p->kh + ky) * p->kw + kx];
+    free(wide);
+    return 0;
 }
 
 /* B of a gemm as [N][K]: its rows (trans_b) or its transpose */
-static void gemm_rows(const void *arg, float *w)
+static int gemm_rows(const void *arg, float *w)
 {
     const ops_gemm *g = arg;
-    for (int n = 0; n < g->N; n++)
+    size_t n = g->trans_b ? (size_t)(g->N - 1) * g->ldb + g->K : (size_t)(g->K - 1) * g->ldb + g->N;
+    float *wide = g->b_type == OPS_SRC_F32 ? NULL : ops_widen(g->B, g->b_type, n);
+    const float *B = wide ? wide : g->B;
+    if (g->b_type != OPS_SRC_F32 && !wide)
+        return -1;
+    for (int r = 0; r < g->N; r++)
         for (int k = 0; k < g->K; k++)
-            w[(size_t)n * g->K + k] = g->trans_b ? g->B[n * g->ldb + k] : g->B[k * g->ldb + n];
+            w[(size_t)r * g->K + k] = g->trans_b ? B[r * g->ldb + k] : B[k * g->ldb + r];
+    free(wide);
+    return 0;
 }
 
 hadm_status cpu_matmul_weight_s8(ops_ctx *c, const ops_gemm *g, hadm_error *err)
@@ -78,7 +96,7 @@ hadm_status cpu_matmul_weight_s8(ops_ctx *c, const ops_gemm *g, hadm_error *err)
     hadm_status s = cached_s8(c, key, g->N, g->K, gemm_rows, g, &q.packed, err);
     if (s)
         return s;
-    q.B = NULL, q.trans_b = 1, q.b_weight = 0;
+    q.B = NULL, q.trans_b = 1, q.b_weight = 0, q.b_type = OPS_SRC_F32;
     return ops_matmul(c, &q, err);
 }
 

@@ -65,6 +65,9 @@ int ops_u8_levels(const ops_ctx *c);
 /* int8 convolution (conv_int8.c): im2col rows quantised one by one, then the
  * int8 matmul; used by ops_conv2d in an S8 context. */
 hadm_status cpu_conv_int8(ops_ctx *c, const ops_conv *p, hadm_error *err);
+/* n values of type t as a malloc'd f32 copy (NULL when out of memory): a
+ * bf16/f16 weight read in place, widened for one use. */
+float *ops_widen(const void *w, ops_src_type t, size_t n);
 /* A gemm whose B is a weight (b_weight) in an S8 context: B packed as int8
  * once and kept, A quantised per row (conv_int8.c). */
 hadm_status cpu_matmul_weight_s8(ops_ctx *c, const ops_gemm *g, hadm_error *err);

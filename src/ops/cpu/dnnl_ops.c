@@ -337,14 +337,25 @@ hadm_status ops_matmul(ops_ctx *c, const ops_gemm *g, hadm_error *err)
 {
     if (g->b_weight && c->compute == OPS_S8 && !g->packed && !g->ab_bf16 && !g->ab_int8 && g->M > 0)
         return cpu_matmul_weight_s8(c, g, err);
-    return gemm_run(c, g, 1, 0, 0, 0, err);
+    if (g->b_type == OPS_SRC_F32 || g->packed || g->M <= 0)
+        return gemm_run(c, g, 1, 0, 0, 0, err);
+    /* a bf16/f16 weight, widened into the convolution buffer for this call */
+    size_t n = g->trans_b ? (size_t)(g->N - 1) * g->ldb + g->K : (size_t)(g->K - 1) * g->ldb + g->N;
+    float *wide = ops_conv_buffer(c, n * sizeof *wide);
+    if (!wide)
+        return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (widened weight)");
+    ops_wpart p = {g->B, g->b_type, NULL, 1};
+    ops_part_to_f32(&p, (int64_t)n, (int64_t)n, wide);
+    ops_gemm f = *g;
+    f.B = wide, f.b_type = OPS_SRC_F32;
+    return gemm_run(c, &f, 1, 0, 0, 0, err);
 }
 
 hadm_status ops_matmul_batched(ops_ctx *c, const ops_gemm *g, int batch, int64_t stride_a,
                                int64_t stride_b, int64_t stride_c, hadm_error *err)
 {
-    if (g->bias || g->accumulate)
-        return hadm_fail(err, HADM_ERR_ARG, "batched matmul: bias/accumulate unsupported");
+    if (g->bias || g->accumulate || g->b_type != OPS_SRC_F32)
+        return hadm_fail(err, HADM_ERR_ARG, "batched matmul: bias/accumulate/typed B unsupported");
     return gemm_run(c, g, batch, stride_a, stride_b, stride_c, err);
 }
 

@@ -3,6 +3,7 @@
  * ops_pack_parts hands to oneDNN's reorder. */
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ops/cpu/cpu.h"
@@ -43,12 +44,37 @@ static float part_value(const ops_wpart *p, int64_t K, int64_t i)
 
 void ops_part_to_f32(const ops_wpart *p, int64_t K, int64_t n, float *dst)
 {
-    if (p->type == OPS_SRC_F32) {
+    const uint16_t *h = p->data;
+    int64_t i = 0;
+    switch (p->type) {
+    case OPS_SRC_F32:
         memcpy(dst, p->data, (size_t)n * sizeof *dst);
         return;
+    case OPS_SRC_BF16:   /* the widened weights of every use: a loop the compiler vectorises */
+        for (; i < n; i++) {
+            uint32_t u = (uint32_t)h[i] << 16;
+            memcpy(&dst[i], &u, sizeof u);
+        }
+        return;
+    case OPS_SRC_F16:
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+        break;
+    case OPS_SRC_S8:
+        break;
     }
-    for (int64_t i = 0; i < n; i++)
+    for (; i < n; i++)
         dst[i] = part_value(p, K, i);
+}
+
+float *ops_widen(const void *w, ops_src_type t, size_t n)
+{
+    float *f = malloc(n * sizeof *f);
+    if (f) {
+        ops_wpart p = {w, t, NULL, 1};
+        ops_part_to_f32(&p, (int64_t)n, (int64_t)n, f);
+    }
+    return f;
 }
 
 /* Writes `rows` rows of part p, as element type `to`, at dst (and their
