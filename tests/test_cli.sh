@@ -394,6 +394,11 @@ if run_ok "bench --size tiny --json" "$T/bench.json" -- bench --size tiny --reps
              abs(q['speedup_vs_f32'] - d['precisions']['f32']['forward_s'] / q['forward_s']) < 1e-3 * q['speedup_vs_f32']
              for p, q in d['precisions'].items())"
 fi
+if run_ok "bench --rss-both (bf16)" "$T/bench-both.json" -- bench --size tiny --precision bf16 --rss-both --reps 1 --json; then
+    check "bench --rss-both: both models' peak, also from bf16 files written by quantize" py expr \
+        "$T/bench-both.json" json "d['precisions']['bf16']['both_models_peak_rss_bytes'] > 1e6 and
+         d['precisions']['bf16']['both_models_bf16_files_peak_rss_bytes'] > 1e6"
+fi
 expect_error "bench --precision fp8" 2 "--precision" -- bench --precision fp8
 
 # ---- reduced precisions end to end: detections close to f32's -----------------------

@@ -38,6 +38,7 @@ typedef struct {
     double load_s, forward_s, gflop;
     hadm_timings stage;         /* per-stage medians */
     long long peak_rss_bytes, both_rss_bytes;
+    long long both_files_rss_bytes;   /* bf16: the same from `hadm quantize --type bf16` files */
     bench_ceilings ceil;        /* the ceilings child's result */
     char variant[16], error[600];
 } prec_report;
@@ -63,7 +64,8 @@ static void bench_usage(FILE *out)
             "  --rss-both   also load HADM-L and HADM-G together in each precision, run\n"
             "               HADM-L, HADM-G and HADM-L again (the last with both models'\n"
             "               weights packed, as a server holds them), and report that\n"
-            "               process's peak RSS\n",
+            "               process's peak RSS; for bf16 also from the two models written\n"
+            "               as bf16 files (hadm quantize --type bf16)\n",
             PEAK_DIM, PEAK_DIM_TINY, IMAGE_SIDE, IMAGE_SIDE);
 }
 
@@ -387,6 +389,60 @@ static void both_child(const void *arg, prec_report *r)
     hadm_image_free(&img);
 }
 
+typedef struct {
+    const char *in, *out;
+} quantize_job;
+
+static void quantize_child(const void *arg, prec_report *r)
+{
+    const quantize_job *q = arg;
+    hadm_error err = {0};
+    if (quantize_model(q->in, q->out, "bf16", &err))
+        snprintf(r->error, sizeof r->error, "%s", err.msg);
+    else
+        r->ok = 1;
+}
+
+/* The both-models peak again, from the two models written as bf16 files
+ * (what `hadm quantize --type bf16` gives users), which are read
+ * differently: their convolution weights are bf16 in the mapping. */
+static void both_from_bf16_files(const forward_job *fj, prec_report *r)
+{
+    const char *dir = getenv("TMPDIR");
+    char q[2][4096];
+    int made = 0;
+    forward_job qj = *fj;
+    prec_report res = {0};
+    for (; made < 2; made++) {
+        snprintf(q[made], sizeof q[made], "%s/hadm-bench-XXXXXX.safetensors", dir && *dir ? dir : "/tmp");
+        int fd = mkstemps(q[made], 12);
+        if (fd < 0) {
+            snprintf(r->error, sizeof r->error, "bf16 files: cannot create %s: %s", q[made], strerror(errno));
+            break;
+        }
+        close(fd);
+        if (!fj->a->json)
+            fprintf(stderr, "hadm: bf16: writing HADM-%c as a bf16 file to %s...\n", made ? 'G' : 'L', q[made]);
+        quantize_job qz = {fj->paths[made], q[made]};
+        if (in_child(quantize_child, &qz, &res)) {
+            snprintf(r->error, sizeof r->error, "bf16 files: %.500s", res.error);
+            made++;
+            break;
+        }
+        qj.paths[made] = q[made];
+    }
+    if (made == 2 && !r->error[0]) {
+        if (in_child(both_child, &qj, &res))
+            snprintf(r->error, sizeof r->error, "bf16 files, both models: %.500s", res.error);
+        else
+            r->both_files_rss_bytes = res.both_rss_bytes;
+    }
+    for (int i = 0; i < made; i++)
+        unlink(q[i]);
+    if (r->error[0])
+        r->ok = 0;
+}
+
 /* ---- report ------------------------------------------------------------- */
 
 /* The matmul type a precision computes in: bf16 computes in f32 on CPUs
@@ -445,6 +501,9 @@ static void print_text(const bench_args *a, const bench_ceilings *c, const prec_
             printf("; HADM-L + HADM-G loaded, forwards L, G, L: peak RSS %.2f GB",
                    (double)q->both_rss_bytes / 1e9);
         printf("\n");
+        if (q->both_files_rss_bytes)
+            printf("           the same from files written by `hadm quantize --type bf16`: peak RSS %.2f GB\n",
+                   (double)q->both_files_rss_bytes / 1e9);
     }
 }
 
@@ -468,11 +527,12 @@ static void print_json(const bench_args *a, const bench_ceilings *c, const prec_
         printf("%s\n  \"%s\": {\"load_s\": %.6g, \"forward_s\": %.6g, \"stage_s\": {\"preprocess\": %.6g, "
                "\"backbone\": %.6g, \"fpn\": %.6g, \"rpn\": %.6g, \"roi_heads\": %.6g, \"postprocess\": %.6g}, "
                "\"gflop\": %.6g, \"achieved_gflops\": %.6g, \"ratio_to_peak\": %.6g, \"speedup_vs_f32\": %.6g, "
-               "\"peak_rss_bytes\": %lld, \"both_models_peak_rss_bytes\": %lld, \"compute\": \"%s\"}",
+               "\"peak_rss_bytes\": %lld, \"both_models_peak_rss_bytes\": %lld, "
+               "\"both_models_bf16_files_peak_rss_bytes\": %lld, \"compute\": \"%s\"}",
                sep, PREC_NAME[p], q->load_s, q->forward_s, q->stage.preprocess, q->stage.backbone, q->stage.fpn,
                q->stage.rpn, q->stage.roi_heads, q->stage.postprocess, q->gflop, achieved,
                achieved / ceiling_of(c, p), r[0].ok ? r[0].forward_s / q->forward_s : 0.0,
-               q->peak_rss_bytes, q->both_rss_bytes, compute_of(p));
+               q->peak_rss_bytes, q->both_rss_bytes, q->both_files_rss_bytes, compute_of(p));
         sep = ",";
     }
     printf("}}\n");
@@ -601,6 +661,8 @@ static int run_forwards(const bench_args *a, int threads, const char *l_path, co
             if (in_child(both_child, &fj[p], &both))
                 snprintf(r[p].error, sizeof r[p].error, "both models: %.500s", both.error), r[p].ok = 0;
             r[p].both_rss_bytes = both.both_rss_bytes;
+            if (r[p].ok && p == 1)
+                both_from_bf16_files(&fj[p], &r[p]);
         }
         if (!r[p].ok)
             rc = 1;

@@ -4,6 +4,8 @@
 #ifndef HADM_CLI_H
 #define HADM_CLI_H
 
+#include "hadm.h"
+
 int cmd_detect(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
@@ -12,6 +14,10 @@ int cmd_doctor(int argc, char **argv);
 int cmd_monitor(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+
+/* hadm quantize's work, for other commands (bench): IN written to OUT with
+ * its weights as type ("bf16", "f16" or "q8"). */
+hadm_status quantize_model(const char *in, const char *out, const char *type, hadm_error *err);
 
 /* Prints "hadm: <message>" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

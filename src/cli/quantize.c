@@ -174,6 +174,17 @@ static hadm_status quantize_file(const char *in, const char *out, quant_type q, 
     return s;
 }
 
+hadm_status quantize_model(const char *in, const char *out, const char *type, hadm_error *err)
+{
+    quant_type q = !strcmp(type, "bf16") ? Q_BF16 : !strcmp(type, "f16") ? Q_F16 : Q_Q8;
+    quant_job j = {0};
+    hadm_status s = quantize_file(in, out, q, &j, err);
+    for (int i = 0; i < j.n_owned; i++)
+        free(j.owned[i]);
+    free(j.owned);
+    return s;
+}
+
 int cmd_quantize(int argc, char **argv)
 {
     const char *type = NULL, *files[2] = {0};
