@@ -417,7 +417,7 @@ static void both_from_bf16_files(const forward_job *fj, prec_report *r)
         snprintf(q[made], sizeof q[made], "%s/hadm-bench-XXXXXX.safetensors", dir && *dir ? dir : "/tmp");
         int fd = mkstemps(q[made], 12);
         if (fd < 0) {
-            snprintf(r->error, sizeof r->error, "bf16 files: cannot create %s: %s", q[made], strerror(errno));
+            snprintf(r->error, sizeof r->error, "bf16 files: cannot create %.400s: %s", q[made], strerror(errno));
             break;
         }
         close(fd);
