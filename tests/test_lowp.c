@@ -376,19 +376,26 @@ static void test_swiglu_ln(ops_ctx *c, const float *a, const float *w, const flo
     }
 }
 
+/* Query i's scores q_i . k_j into p[j] (n keys, head dim hd); returns their max. */
+static double score_row(int n, int hd, const double *q, const double *k, int i, double *p)
+{
+    double mx = -INFINITY;
+    for (int j = 0; j < n; j++) {
+        double d = 0;
+        for (int e = 0; e < hd; e++)
+            d += q[i * hd + e] * k[j * hd + e];
+        p[j] = d;
+        mx = d > mx ? d : mx;
+    }
+    return mx;
+}
+
 /* Attention in double from q (pre-scaled), k, v rows [n][ld] of one head. */
 static void attention_ref(int n, int hd, const double *q, const double *k, const float *v, int ld, double *out)
 {
     double *p = malloc((size_t)n * sizeof *p);
     for (int i = 0; i < n; i++) {
-        double mx = -INFINITY, sum = 0;
-        for (int j = 0; j < n; j++) {
-            double d = 0;
-            for (int e = 0; e < hd; e++)
-                d += q[i * hd + e] * k[j * hd + e];
-            p[j] = d;
-            mx = d > mx ? d : mx;
-        }
+        double mx = score_row(n, hd, q, k, i, p), sum = 0;
         for (int j = 0; j < n; j++)
             sum += p[j] = exp(p[j] - mx);
         for (int e = 0; e < hd; e++) {
@@ -433,15 +440,8 @@ static void attention_int8_ref(int n, int hd, const double *q, const double *k, 
         vd[j] = (double)vs[j % hd] * v8[j];
     free(v8);
     for (int i = 0; i < n; i++) {
-        double mx = -INFINITY, sum = 0;
+        double mx = score_row(n, hd, q, k, i, p), sum = 0;
         int flips = 0;
-        for (int j = 0; j < n; j++) {
-            double d = 0;
-            for (int e = 0; e < hd; e++)
-                d += q[i * hd + e] * k[j * hd + e];
-            p[j] = d;
-            mx = d > mx ? d : mx;
-        }
         for (int j = 0; j < n; j++) {
             double x = levels * exp(p[j] - mx);
             near[j] = fabs(x - floor(x) - 0.5) < 0.05;

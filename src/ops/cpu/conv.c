@@ -24,12 +24,12 @@ static hadm_status pack_weights(ops_ctx *c, const ops_conv *p, const dnnl_memory
     hadm_status s = HADM_OK;
     dnnl_memory_desc_t user_md;
     dnnl_dims_t wd = {p->Cout, p->Cin, p->kh, p->kw};
-    float *wide = NULL;
-    if (p->w_type != OPS_SRC_F32 &&
-        !(wide = ops_widen(p->w, p->w_type, (size_t)p->Cout * p->Cin * p->kh * p->kw)))
+    float *wide;
+    const float *w = ops_as_f32(p->w, p->w_type, (size_t)p->Cout * p->Cin * p->kh * p->kw, &wide);
+    if (!w)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (conv weights)");
     DNNL_TRY(dnnl_memory_desc_init_by_tag(&user_md, 4, wd, dnnl_f32, dnnl_oihw), "md");
-    s = cpu_reorder(c, &user_md, wide ? wide : p->w, want, dst, err);
+    s = cpu_reorder(c, &user_md, w, want, dst, err);
 fail:
     free(wide);
     return s;

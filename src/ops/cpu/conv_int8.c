@@ -58,10 +58,9 @@ static hadm_status cached_s8(ops_ctx *c, const int64_t *key, int N, int K, weigh
 static int conv_rows(const void *arg, float *w)
 {
     const ops_conv *p = arg;
-    size_t n = (size_t)p->Cout * p->Cin * p->kh * p->kw;
-    float *wide = p->w_type == OPS_SRC_F32 ? NULL : ops_widen(p->w, p->w_type, n);
-    const float *src = wide ? wide : p->w;
-    if (p->w_type != OPS_SRC_F32 && !wide)
+    float *wide;
+    const float *src = ops_as_f32(p->w, p->w_type, (size_t)p->Cout * p->Cin * p->kh * p->kw, &wide);
+    if (!src)
         return -1;
     for (int o = 0; o < p->Cout; o++)
         for (int ci = 0; ci < p->Cin; ci++)
@@ -77,10 +76,9 @@ static int conv_rows(const void *arg, float *w)
 static int gemm_rows(const void *arg, float *w)
 {
     const ops_gemm *g = arg;
-    size_t n = g->trans_b ? (size_t)(g->N - 1) * g->ldb + g->K : (size_t)(g->K - 1) * g->ldb + g->N;
-    float *wide = g->b_type == OPS_SRC_F32 ? NULL : ops_widen(g->B, g->b_type, n);
-    const float *B = wide ? wide : g->B;
-    if (g->b_type != OPS_SRC_F32 && !wide)
+    float *wide;
+    const float *B = ops_as_f32(g->B, g->b_type, ops_gemm_b_elems(g), &wide);
+    if (!B)
         return -1;
     for (int r = 0; r < g->N; r++)
         for (int k = 0; k < g->K; k++)

@@ -65,9 +65,15 @@ int ops_u8_levels(const ops_ctx *c);
 /* int8 convolution (conv_int8.c): im2col rows quantised one by one, then the
  * int8 matmul; used by ops_conv2d in an S8 context. */
 hadm_status cpu_conv_int8(ops_ctx *c, const ops_conv *p, hadm_error *err);
-/* n values of type t as a malloc'd f32 copy (NULL when out of memory): a
- * bf16/f16 weight read in place, widened for one use. */
-float *ops_widen(const void *w, ops_src_type t, size_t n);
+/* n values of type t as f32: w itself when it is f32 (*owned = NULL), else
+ * a malloc'd widened copy, also in *owned for the caller to free (a bf16/f16
+ * weight read in place, widened for one use). NULL when out of memory. */
+const float *ops_as_f32(const void *w, ops_src_type t, size_t n, float **owned);
+/* Elements B spans: [N][ldb] rows (trans_b) or [K][ldb]. */
+static inline size_t ops_gemm_b_elems(const ops_gemm *g)
+{
+    return g->trans_b ? (size_t)(g->N - 1) * g->ldb + g->K : (size_t)(g->K - 1) * g->ldb + g->N;
+}
 /* A gemm whose B is a weight (b_weight) in an S8 context: B packed as int8
  * once and kept, A quantised per row (conv_int8.c). */
 hadm_status cpu_matmul_weight_s8(ops_ctx *c, const ops_gemm *g, hadm_error *err);

@@ -340,7 +340,7 @@ hadm_status ops_matmul(ops_ctx *c, const ops_gemm *g, hadm_error *err)
     if (g->b_type == OPS_SRC_F32 || g->packed || g->M <= 0)
         return gemm_run(c, g, 1, 0, 0, 0, err);
     /* a bf16/f16 weight, widened into the convolution buffer for this call */
-    size_t n = g->trans_b ? (size_t)(g->N - 1) * g->ldb + g->K : (size_t)(g->K - 1) * g->ldb + g->N;
+    size_t n = ops_gemm_b_elems(g);
     float *wide = ops_conv_buffer(c, n * sizeof *wide);
     if (!wide)
         return hadm_fail(err, HADM_ERR_NOMEM, "out of memory (widened weight)");

@@ -67,14 +67,16 @@ void ops_part_to_f32(const ops_wpart *p, int64_t K, int64_t n, float *dst)
         dst[i] = part_value(p, K, i);
 }
 
-float *ops_widen(const void *w, ops_src_type t, size_t n)
+const float *ops_as_f32(const void *w, ops_src_type t, size_t n, float **owned)
 {
-    float *f = malloc(n * sizeof *f);
-    if (f) {
+    *owned = NULL;
+    if (t == OPS_SRC_F32)
+        return w;
+    if ((*owned = malloc(n * sizeof **owned))) {
         ops_wpart p = {w, t, NULL, 1};
-        ops_part_to_f32(&p, (int64_t)n, (int64_t)n, f);
+        ops_part_to_f32(&p, (int64_t)n, (int64_t)n, *owned);
     }
-    return f;
+    return *owned;
 }
 
 /* Writes `rows` rows of part p, as element type `to`, at dst (and their
